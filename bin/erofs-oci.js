@@ -1,0 +1,20 @@
+#!/usr/bin/env node
+// Entry point. It is plain JavaScript so that an older system Node can still start it: on Node < 24 it
+// re-executes itself with the Node 24 the project pins as a dev dependency (node_modules/.bin/node).
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const major = Number(process.versions.node.split('.')[0]);
+if (major < 24) {
+  const pinned = fileURLToPath(new URL('../node_modules/.bin/node', import.meta.url));
+  if (!existsSync(pinned)) {
+    process.stderr.write(`erofs-oci: Node.js ${process.versions.node} is too old: Node.js 24 or newer is needed (run \`npm ci\` in the checkout to get the pinned one)\n`);
+    process.exit(6);
+  }
+  const child = spawnSync(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+  if (child.signal) process.kill(process.pid, child.signal);
+  process.exit(child.status ?? 1);
+}
+const { main } = await import('../src/cli/main.ts');
+process.exitCode = await main(process.argv.slice(2));
