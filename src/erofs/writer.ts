@@ -1,0 +1,776 @@
+/**
+ * EROFS image writer.
+ *
+ * Layout of an image (block numbers grow downwards):
+ *
+ *   block 0..      superblock at byte 1024 (+ device table in index mode)
+ *   data area      regular files' full blocks, streamed in the order the source delivers them; a file
+ *                  whose tail cannot be packed inline has its tail block here too (zero padded)
+ *   late data      blocks of directories and symlinks too large to be inlined
+ *   meta area      inodes (32-byte slots, nid = offset / 32 from `meta_blkaddr`), each followed by its
+ *                  inline xattrs and inline (tail-packed) data or chunk indexes
+ *
+ * Putting the metadata last lets file data go straight to its final place while a tar is read: nothing
+ * about the metadata is known until the last entry has been seen. File tails that will be inlined wait in a
+ * spill file (not memory) until the inodes are written.
+ *
+ * `finish` works in two passes over the same records: `plan` measures everything and assigns nids and block
+ * addresses, `emit` serialises. Directory sizes do not depend on nids, so planning needs no serialisation.
+ */
+import { closeSync, ftruncateSync, openSync, readSync, unlinkSync } from 'node:fs';
+import { ErofsOciError, throwIfAborted } from '../errors.ts';
+import type { ByteString, Directory, FileContent, Node } from '../fs-tree/tree.ts';
+import { fromByteString } from '../fs-tree/tree.ts';
+import { crc32c } from '../io/crc32c.ts';
+import { FileWriter } from '../io/file-writer.ts';
+import {
+  CHUNK_FORMAT_INDEXES,
+  chunkIndex,
+  DataLayout,
+  deviceSlot,
+  dirent,
+  EROFS_NAME_LEN,
+  EROFS_SUPER_MAGIC_V1,
+  EROFS_SUPER_OFFSET,
+  encodeDev,
+  FEATURE_COMPAT_MTIME,
+  FEATURE_COMPAT_SB_CHKSUM,
+  FEATURE_INCOMPAT_CHUNKED_FILE,
+  FEATURE_INCOMPAT_DEVICE_TABLE,
+  FileType,
+  I_DATALAYOUT_BIT,
+  I_VERSION_EXTENDED,
+  INODE_SLOT_SIZE,
+  inodeCompact,
+  inodeExtended,
+  S_IFBLK,
+  S_IFCHR,
+  S_IFDIR,
+  S_IFIFO,
+  S_IFLNK,
+  S_IFREG,
+  S_IFSOCK,
+  superBlock,
+  XATTR_PREFIXES,
+  xattrEntry,
+  xattrIbodyHeader,
+} from './format.ts';
+
+export type BlockSize = 512 | 1024 | 2048 | 4096;
+
+export interface WriterOptions {
+  blockSize: BlockSize;
+  /**
+   * Index mode: file data lives on an external device (the layer's uncompressed tar) that is addressed as
+   * device 1 of the device table, with unified block addresses following the image's own blocks.
+   */
+  externalDevice?: { tag?: string };
+}
+
+export interface FinishOptions {
+  /** Build time in seconds since the epoch (superblock `epoch` + `build_time`). */
+  buildTime: number;
+  /** 16 bytes; all zero for `--uuid clear`. */
+  uuid: Uint8Array;
+  /** Volume name, at most 16 bytes. */
+  label?: string;
+  /** Index mode: size in bytes of the external device. */
+  externalDeviceSize?: number;
+  signal?: AbortSignal;
+}
+
+export interface ImageSummary {
+  inodes: number;
+  blocks: number;
+  bytes: number;
+  blockSize: number;
+  /** Unified address of the external device's first block (index mode). */
+  externalDeviceStartBlock?: number;
+}
+
+/** Largest inode record header we may choose, used to decide at ingest time whether a tail can be inlined. */
+const WORST_INODE_SIZE = inodeExtended.size;
+
+const U16_MAX = 0xffff;
+const U32_MAX = 0xffffffff;
+
+export class ImageWriter {
+  readonly blockSize: BlockSize;
+  readonly #path: string;
+  readonly #out: FileWriter;
+  readonly #spillPath: string;
+  readonly #spill: FileWriter;
+  readonly #spillFd: number;
+  readonly #external: boolean;
+  readonly #externalTag: string;
+  #closed = false;
+
+  private constructor(path: string, options: WriterOptions) {
+    this.blockSize = options.blockSize;
+    this.#path = path;
+    this.#external = options.externalDevice !== undefined;
+    this.#externalTag = options.externalDevice?.tag ?? '';
+    const fd = openSync(path, 'w+', 0o644);
+    this.#spillPath = `${path}.tails`;
+    try {
+      this.#spillFd = openSync(this.#spillPath, 'w+', 0o600);
+    } catch (error) {
+      closeSync(fd);
+      throw error;
+    }
+    this.#spill = new FileWriter(this.#spillFd);
+    this.#out = new FileWriter(fd, this.#headerBlocks() * this.blockSize);
+  }
+
+  /** Creates `path` (truncating it) and prepares to receive file data. */
+  static create(path: string, options: WriterOptions): ImageWriter {
+    if (![512, 1024, 2048, 4096].includes(options.blockSize)) {
+      throw new ErofsOciError('usage', `unsupported block size ${options.blockSize}: use 512, 1024, 2048 or 4096`);
+    }
+    try {
+      return new ImageWriter(path, options);
+    } catch (error) {
+      throw new ErofsOciError('io', `cannot create ${path}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  /** Blocks before the data area: superblock and, in index mode, the device table. */
+  #headerBlocks(): number {
+    const end = DEVICE_TABLE_OFFSET + (this.#external ? deviceSlot.size : 0);
+    return Math.ceil(end / this.blockSize);
+  }
+
+  /**
+   * Streams a regular file's bytes into the data area. `inlineOverhead` is the size of the inode's inline
+   * xattrs, needed to decide whether the tail can be packed after the inode.
+   */
+  async writeFileData(
+    body: AsyncIterable<Uint8Array>,
+    size: number,
+    inlineOverhead: number,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<FileContent> {
+    const bs = this.blockSize;
+    const fullBytes = size - (size % bs);
+    const tailLength = size - fullBytes;
+    const inlineTail = tailLength > 0 && WORST_INODE_SIZE + inlineOverhead + tailLength <= bs;
+    const startBlock = this.#out.position / bs;
+    const spillOffset = this.#spill.position;
+    let written = 0;
+    for await (const chunk of body) {
+      throwIfAborted(options.signal);
+      if (written + chunk.byteLength > size) throw new ErofsOciError('internal', 'file body longer than its size');
+      if (!inlineTail || written + chunk.byteLength <= fullBytes) {
+        this.#out.write(chunk);
+      } else {
+        const split = Math.max(0, fullBytes - written);
+        if (split > 0) this.#out.write(chunk.subarray(0, split));
+        this.#spill.write(chunk.subarray(split));
+      }
+      written += chunk.byteLength;
+    }
+    if (written !== size) {
+      throw new ErofsOciError('internal', `file body ended after ${written} of ${size} bytes`);
+    }
+    this.#out.padTo(Math.ceil(this.#out.position / bs) * bs);
+    if (size === 0) return { kind: 'blocks', size: 0, startBlock: 0, tail: null };
+    return {
+      kind: 'blocks',
+      size,
+      startBlock,
+      tail: inlineTail ? { spillOffset, length: tailLength } : null,
+    };
+  }
+
+  /** Lays out and writes all metadata, the superblock, and closes the image. */
+  async finish(root: Directory, options: FinishOptions): Promise<ImageSummary> {
+    throwIfAborted(options.signal);
+    this.#spill.flush();
+    this.#out.flush();
+    const plan = planMetadata(root, {
+      blockSize: this.blockSize,
+      buildTime: options.buildTime,
+      lateDataStart: this.#out.position / this.blockSize,
+      external: this.#external,
+    });
+    throwIfAborted(options.signal);
+    const externalStart = plan.totalBlocks;
+    this.#emit(plan, externalStart);
+    const header = this.#header(plan, options, externalStart);
+    this.#out.pwrite(header, 0);
+    const bytes = plan.totalBlocks * this.blockSize;
+    this.#out.flush();
+    ftruncateSync(this.#out.fd, bytes);
+    this.#out.sync();
+    this.close();
+    return {
+      inodes: plan.inodes.length,
+      blocks: plan.totalBlocks,
+      bytes,
+      blockSize: this.blockSize,
+      ...(this.#external ? { externalDeviceStartBlock: externalStart } : {}),
+    };
+  }
+
+  /** Closes files and removes the spill file; the image itself is left for the caller to rename or delete. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#out.close();
+    this.#spill.close();
+    try {
+      unlinkSync(this.#spillPath);
+    } catch {
+      // Already gone: nothing to clean up.
+    }
+  }
+
+  /** Deletes the (partial) image. */
+  discard(): void {
+    this.close();
+    try {
+      unlinkSync(this.#path);
+    } catch {
+      // Never created or already removed.
+    }
+  }
+
+  #emit(plan: MetadataPlan, externalStart: number): void {
+    const bs = this.blockSize;
+    // Late data: directory blocks and symlink targets that are not inlined, in plan order.
+    this.#out.padTo(plan.lateDataStart * bs);
+    for (const record of plan.lateData) {
+      this.#out.padTo(record.startBlock * bs);
+      const bytes = record.kind === 'dir' ? dirBlocks(record.inode, bs, false) : record.bytes;
+      this.#out.write(bytes);
+    }
+    this.#out.padTo(plan.metaBlkaddr * bs);
+    this.#out.flush();
+
+    const meta = Buffer.alloc(plan.metaBlocks * bs);
+    for (const inode of plan.inodes) {
+      const at = inode.nid * INODE_SLOT_SIZE;
+      encodeInode(inode, meta, at, plan.epoch);
+      let p = at + inode.isize;
+      if (inode.xattrBody) {
+        meta.set(inode.xattrBody, p);
+        p += inode.xattrBody.byteLength;
+      }
+      if (inode.chunk) {
+        p = alignUp(p, chunkIndex.size);
+        const content = (inode.node as { content: FileContent }).content;
+        if (content.kind !== 'external') throw new Error('unreachable: chunked inode without external content');
+        chunkIndex.encode(
+          { deviceId: 0, startblkLo: externalStart + content.offset / bs, startblkHi: 0 },
+          meta,
+          p,
+        );
+        continue;
+      }
+      if (inode.inlineLength === 0) continue;
+      const node = inode.node;
+      if (node.kind === 'dir') {
+        meta.set(dirBlocks(inode, bs, true), p);
+      } else if (node.kind === 'symlink') {
+        meta.write(node.target.slice(node.target.length - inode.inlineLength), p, 'latin1');
+      } else if (node.kind === 'file' && node.content.kind === 'blocks' && node.content.tail) {
+        const { spillOffset, length } = node.content.tail;
+        readExactly(this.#spillFd, meta, p, length, spillOffset);
+      }
+    }
+    this.#out.write(meta);
+    this.#out.flush();
+  }
+
+  #header(plan: MetadataPlan, options: FinishOptions, externalStart: number): Buffer {
+    const bs = this.blockSize;
+    const header = Buffer.alloc(this.#headerBlocks() * bs);
+    const label = Buffer.from(options.label ?? '', 'utf8');
+    if (label.byteLength > 16) throw new ErofsOciError('usage', `volume label is longer than 16 bytes: ${options.label}`);
+    if (options.uuid.byteLength !== 16) throw new ErofsOciError('usage', 'uuid must be 16 bytes');
+    let featureIncompat = 0;
+    if (plan.inodes.some((inode) => inode.chunk)) featureIncompat |= FEATURE_INCOMPAT_CHUNKED_FILE;
+    if (this.#external) {
+      featureIncompat |= FEATURE_INCOMPAT_DEVICE_TABLE;
+      const size = options.externalDeviceSize ?? 0;
+      const blocks = Math.ceil(size / bs);
+      const tag = Buffer.from(this.#externalTag, 'utf8').subarray(0, 64);
+      deviceSlot.encode(
+        {
+          tag,
+          blocksLo: blocks % 2 ** 32,
+          blocksHi: Math.floor(blocks / 2 ** 32),
+          uniaddrLo: externalStart % 2 ** 32,
+          uniaddrHi: Math.floor(externalStart / 2 ** 32),
+        },
+        header,
+        DEVICE_TABLE_OFFSET,
+      );
+    }
+    superBlock.encode(
+      {
+        magic: EROFS_SUPER_MAGIC_V1,
+        checksum: 0,
+        featureCompat: FEATURE_COMPAT_SB_CHKSUM | FEATURE_COMPAT_MTIME,
+        blkszbits: Math.log2(bs),
+        rootnid2b: plan.rootNid,
+        inos: plan.inodes.length,
+        epoch: plan.epoch,
+        fixedNsec: 0,
+        buildTime: options.buildTime - plan.epoch,
+        blocksLo: plan.totalBlocks,
+        metaBlkaddr: plan.metaBlkaddr,
+        xattrBlkaddr: 0,
+        uuid: options.uuid,
+        volumeName: label,
+        featureIncompat,
+        extraDevices: this.#external ? 1 : 0,
+        devtSlotoff: this.#external ? DEVICE_TABLE_OFFSET / deviceSlot.size : 0,
+      },
+      header,
+      EROFS_SUPER_OFFSET,
+    );
+    // erofs-utils `erofs_superblock_csum_verify`: the rest of the superblock's block (or one block when
+    // blocks are smaller than the superblock offset), checksum field zero, crc32c seeded with ~0.
+    const length = bs > EROFS_SUPER_OFFSET ? bs - EROFS_SUPER_OFFSET : bs;
+    const region = Buffer.alloc(length);
+    header.copy(region, 0, EROFS_SUPER_OFFSET, Math.min(header.byteLength, EROFS_SUPER_OFFSET + length));
+    const checksum = crc32c(region);
+    header.writeUInt32LE(checksum, EROFS_SUPER_OFFSET + superBlock.offsetOf('checksum'));
+    return header;
+  }
+}
+
+/** The device table follows the 128-byte superblock, in 128-byte slots. */
+const DEVICE_TABLE_OFFSET = EROFS_SUPER_OFFSET + superBlock.size;
+
+function readExactly(fd: number, target: Buffer, at: number, length: number, position: number): void {
+  let done = 0;
+  while (done < length) {
+    const n = readSync(fd, target, at + done, length - done, position + done);
+    if (n === 0) throw new ErofsOciError('io', 'spill file ended early');
+    done += n;
+  }
+}
+
+function alignUp(value: number, unit: number): number {
+  return Math.ceil(value / unit) * unit;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Planning
+
+interface DirEntryPlan {
+  name: Buffer;
+  target: InodePlan | null; // null: '.' or '..' resolved at emit time
+  dot: 0 | 1 | 2; // 0 = ordinary entry, 1 = '.', 2 = '..'
+}
+
+interface InodePlan {
+  node: Node;
+  parent: InodePlan | null;
+  nid: number;
+  ino: number;
+  nlink: number;
+  size: number;
+  compact: boolean;
+  isize: number;
+  xattrBody: Buffer | null;
+  layout: DataLayout;
+  /** Bytes of data stored right after the inode (tail-packed data). */
+  inlineLength: number;
+  /** Block where the data (not inline) starts; 0xffffffff when there is none. */
+  startBlock: number;
+  chunk: { format: number } | null;
+  /** Directories: sorted entries split into blocks. */
+  dirBlocks: DirEntryPlan[][] | null;
+}
+
+interface LateData {
+  kind: 'dir' | 'symlink';
+  inode: InodePlan;
+  startBlock: number;
+  bytes: Buffer;
+}
+
+interface MetadataPlan {
+  inodes: InodePlan[];
+  rootNid: number;
+  epoch: number;
+  lateDataStart: number;
+  lateData: LateData[];
+  metaBlkaddr: number;
+  metaBlocks: number;
+  totalBlocks: number;
+}
+
+interface PlanOptions {
+  blockSize: number;
+  buildTime: number;
+  lateDataStart: number;
+  external: boolean;
+}
+
+function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
+  const bs = options.blockSize;
+  // Compact inodes store mtime as u32 seconds after `epoch` (erofs-utils: epoch = max(0, T - UINT32_MAX)).
+  const epoch = Math.max(0, options.buildTime - U32_MAX);
+  if (options.buildTime < 0) throw new ErofsOciError('usage', 'the build time must not be before 1970');
+
+  // Breadth-first order keeps a directory's children close to each other in the meta area.
+  const inodes: InodePlan[] = [];
+  const byNode = new Map<Node, InodePlan>();
+  const visit = (node: Node, parent: InodePlan | null): InodePlan => {
+    const known = byNode.get(node);
+    if (known) {
+      known.nlink++;
+      return known;
+    }
+    const plan: InodePlan = {
+      node,
+      parent,
+      nid: 0,
+      ino: inodes.length + 1,
+      nlink: node.kind === 'dir' ? 2 : 1,
+      size: 0,
+      compact: false,
+      isize: 0,
+      xattrBody: null,
+      layout: DataLayout.flatPlain,
+      inlineLength: 0,
+      startBlock: U32_MAX,
+      chunk: null,
+      dirBlocks: null,
+    };
+    inodes.push(plan);
+    byNode.set(node, plan);
+    return plan;
+  };
+  const rootPlan = visit(root, null);
+  rootPlan.parent = rootPlan;
+  for (let i = 0; i < inodes.length; i++) {
+    const dir = inodes[i] as InodePlan;
+    if (dir.node.kind !== 'dir') continue;
+    const entries: DirEntryPlan[] = [
+      { name: Buffer.from('.'), target: null, dot: 1 },
+      { name: Buffer.from('..'), target: null, dot: 2 },
+    ];
+    for (const [name, child] of dir.node.entries) {
+      const nameBytes = fromByteString(name);
+      validateName(name, nameBytes);
+      if (child.kind === 'dir') {
+        if (byNode.has(child)) throw new ErofsOciError('internal', 'a directory is linked twice in the tree');
+        dir.nlink++;
+      }
+      entries.push({ name: nameBytes, target: visit(child, dir), dot: 0 });
+    }
+    entries.sort((a, b) => Buffer.compare(a.name, b.name));
+    dir.dirBlocks = splitDirBlocks(entries, bs);
+    const blocks = dir.dirBlocks;
+    const last = blocks[blocks.length - 1] as DirEntryPlan[];
+    dir.size = (blocks.length - 1) * bs + blockUsage(last);
+  }
+
+  const lateData: LateData[] = [];
+  let nextLateBlock = options.lateDataStart;
+  for (const inode of inodes) {
+    const node = inode.node;
+    inode.xattrBody = encodeXattrs(node.xattrs);
+    const xattrSize = inode.xattrBody?.byteLength ?? 0;
+    if (node.kind === 'file') inode.size = node.content.size;
+    else if (node.kind === 'symlink') inode.size = node.target.length;
+    if (node.kind !== 'dir' && node.kind !== 'file' && node.kind !== 'symlink') inode.startBlock = 0;
+    inode.compact = fitsCompact(node, inode, epoch);
+    inode.isize = inode.compact ? inodeCompact.size : inodeExtended.size;
+
+    if (node.kind === 'file') {
+      const content = node.content;
+      if (content.kind === 'external') {
+        // One chunk covers the whole file: its bytes are contiguous in the tar.
+        if (content.size === 0) {
+          inode.layout = DataLayout.flatPlain;
+        } else {
+          if (content.offset % bs !== 0) {
+            throw new ErofsOciError('internal', `external data offset ${content.offset} is not block aligned`);
+          }
+          const blocks = Math.ceil(content.size / bs);
+          const chunkBits = Math.max(0, Math.ceil(Math.log2(blocks)));
+          inode.layout = DataLayout.chunkBased;
+          inode.chunk = { format: CHUNK_FORMAT_INDEXES | chunkBits };
+        }
+      } else if (content.size === 0) {
+        inode.layout = DataLayout.flatPlain;
+      } else {
+        inode.startBlock = content.size >= bs ? content.startBlock : U32_MAX;
+        if (content.tail) {
+          inode.layout = DataLayout.flatInline;
+          inode.inlineLength = content.tail.length;
+        } else {
+          inode.layout = DataLayout.flatPlain;
+          inode.startBlock = content.startBlock;
+        }
+      }
+    } else if (node.kind === 'symlink' || node.kind === 'dir') {
+      const size = inode.size;
+      const tail = size % bs;
+      const full = size - tail;
+      const canInline = tail > 0 && inode.isize + xattrSize + tail <= bs;
+      if (canInline) {
+        inode.layout = DataLayout.flatInline;
+        inode.inlineLength = tail;
+      } else {
+        inode.layout = DataLayout.flatPlain;
+      }
+      const lateBytes = canInline ? full : size;
+      if (lateBytes > 0) {
+        inode.startBlock = nextLateBlock;
+        const bytes = node.kind === 'symlink' ? Buffer.from(node.target, 'latin1').subarray(0, lateBytes) : Buffer.alloc(0);
+        lateData.push({ kind: node.kind, inode, startBlock: nextLateBlock, bytes });
+        nextLateBlock += Math.ceil(lateBytes / bs);
+      }
+    }
+  }
+
+  // Meta area: assign nids. An inode and its inline data never cross a block boundary.
+  let position = 0;
+  for (const inode of inodes) {
+    position = alignUp(position, INODE_SLOT_SIZE);
+    let recordSize = inode.isize + (inode.xattrBody?.byteLength ?? 0);
+    if (inode.chunk) recordSize = alignUp(recordSize, chunkIndex.size) + chunkIndex.size;
+    recordSize += inode.inlineLength;
+    const mustFit = inode.inlineLength > 0 || inode.chunk !== null;
+    const spaceInBlock = bs - (position % bs);
+    if ((mustFit && recordSize > spaceInBlock && recordSize <= bs) || inode.isize > spaceInBlock) {
+      position += spaceInBlock;
+    }
+    inode.nid = position / INODE_SLOT_SIZE;
+    position += recordSize;
+  }
+  const metaBlkaddr = nextLateBlock;
+  const metaBlocks = Math.max(1, Math.ceil(position / bs));
+  if (rootPlan.nid > U16_MAX) throw new ErofsOciError('internal', 'root nid does not fit in 16 bits');
+  if (metaBlkaddr + metaBlocks > U32_MAX) {
+    throw new ErofsOciError('unsupported', 'image too large for 32-bit block addresses');
+  }
+  return {
+    inodes,
+    rootNid: rootPlan.nid,
+    epoch,
+    lateDataStart: options.lateDataStart,
+    lateData,
+    metaBlkaddr,
+    metaBlocks,
+    totalBlocks: metaBlkaddr + metaBlocks,
+  };
+}
+
+function validateName(name: ByteString, bytes: Buffer): void {
+  if (bytes.byteLength === 0 || bytes.byteLength > EROFS_NAME_LEN || name === '.' || name === '..') {
+    throw new ErofsOciError('corrupt', `invalid file name ${JSON.stringify(name)} (${bytes.byteLength} bytes)`);
+  }
+  if (bytes.includes(0x2f) || bytes.includes(0)) {
+    throw new ErofsOciError('corrupt', `file name contains '/' or NUL: ${JSON.stringify(name)}`);
+  }
+}
+
+const DIRENT_SIZE = dirent.size;
+
+function blockUsage(entries: DirEntryPlan[]): number {
+  let used = 0;
+  for (const entry of entries) used += DIRENT_SIZE + entry.name.byteLength;
+  return used;
+}
+
+/** Greedy split of sorted entries into directory blocks: all dirents first, then all names. */
+function splitDirBlocks(entries: DirEntryPlan[], bs: number): DirEntryPlan[][] {
+  const blocks: DirEntryPlan[][] = [];
+  let current: DirEntryPlan[] = [];
+  let used = 0;
+  for (const entry of entries) {
+    const need = DIRENT_SIZE + entry.name.byteLength;
+    if (used + need > bs) {
+      blocks.push(current);
+      current = [];
+      used = 0;
+    }
+    current.push(entry);
+    used += need;
+  }
+  blocks.push(current);
+  return blocks;
+}
+
+function fileTypeOf(node: Node): number {
+  switch (node.kind) {
+    case 'dir':
+      return FileType.dir;
+    case 'file':
+      return FileType.regFile;
+    case 'symlink':
+      return FileType.symlink;
+    case 'chardev':
+      return FileType.chrdev;
+    case 'blockdev':
+      return FileType.blkdev;
+    case 'fifo':
+      return FileType.fifo;
+    case 'socket':
+      return FileType.sock;
+  }
+}
+
+function modeOf(node: Node): number {
+  const perm = node.mode & 0o7777;
+  switch (node.kind) {
+    case 'dir':
+      return S_IFDIR | perm;
+    case 'file':
+      return S_IFREG | perm;
+    case 'symlink':
+      return S_IFLNK | perm;
+    case 'chardev':
+      return S_IFCHR | perm;
+    case 'blockdev':
+      return S_IFBLK | perm;
+    case 'fifo':
+      return S_IFIFO | perm;
+    case 'socket':
+      return S_IFSOCK | perm;
+  }
+}
+
+/**
+ * Serialises a directory's blocks. With `inlineOnly` the last (partial) block is returned when it is
+ * inlined; otherwise the blocks stored in the late data area (all full blocks, plus the last one when it is
+ * not inlined), zero padded to whole blocks.
+ */
+function dirBlocks(inode: InodePlan, bs: number, inlineOnly: boolean): Buffer {
+  const blocks = inode.dirBlocks as DirEntryPlan[][];
+  const inlined = inode.inlineLength > 0;
+  const first = inlineOnly ? blocks.length - 1 : 0;
+  const end = inlineOnly || !inlined ? blocks.length : blocks.length - 1;
+  const out = Buffer.alloc(inlineOnly ? inode.inlineLength : (end - first) * bs);
+  for (let b = first; b < end; b++) {
+    const entries = blocks[b] as DirEntryPlan[];
+    const base = inlineOnly ? 0 : (b - first) * bs;
+    let nameOffset = entries.length * DIRENT_SIZE;
+    entries.forEach((entry, i) => {
+      const target = entry.dot === 1 ? inode : entry.dot === 2 ? (inode.parent as InodePlan) : (entry.target as InodePlan);
+      dirent.encode(
+        { nid: target.nid, nameoff: nameOffset, fileType: fileTypeOf(target.node), reserved: 0 },
+        out,
+        base + i * DIRENT_SIZE,
+      );
+      entry.name.copy(out, base + nameOffset);
+      nameOffset += entry.name.byteLength;
+    });
+  }
+  return out;
+}
+
+function fitsCompact(node: Node, inode: InodePlan, epoch: number): boolean {
+  const delta = node.mtime.sec - epoch;
+  return (
+    node.uid <= U16_MAX &&
+    node.gid <= U16_MAX &&
+    inode.nlink <= U16_MAX &&
+    inode.size <= U32_MAX &&
+    node.mtime.nsec === 0 &&
+    delta >= 0 &&
+    delta <= U32_MAX
+  );
+}
+
+function encodeInode(inode: InodePlan, target: Buffer, at: number, epoch: number): void {
+  const node = inode.node;
+  let u: number;
+  if (node.kind === 'chardev' || node.kind === 'blockdev') u = encodeDev(node.major, node.minor);
+  else if (node.kind === 'fifo' || node.kind === 'socket') u = 0;
+  else if (inode.chunk) u = inode.chunk.format;
+  else u = inode.startBlock;
+  const xattrIcount = inode.xattrBody ? (inode.xattrBody.byteLength - xattrIbodyHeader.size) / 4 + 1 : 0;
+  const format = (inode.compact ? 0 : I_VERSION_EXTENDED) | (inode.layout << I_DATALAYOUT_BIT);
+  if (inode.compact) {
+    inodeCompact.encode(
+      {
+        format,
+        xattrIcount,
+        mode: modeOf(node),
+        nlink: inode.nlink,
+        size: inode.size,
+        mtime: node.mtime.sec - epoch,
+        u,
+        ino: inode.ino,
+        uid: node.uid,
+        gid: node.gid,
+      },
+      target,
+      at,
+    );
+  } else {
+    inodeExtended.encode(
+      {
+        format,
+        xattrIcount,
+        mode: modeOf(node),
+        nb: 0,
+        size: inode.size,
+        u,
+        ino: inode.ino,
+        uid: node.uid,
+        gid: node.gid,
+        mtime: 0,
+        mtimeNsec: node.mtime.nsec,
+        nlink: inode.nlink,
+      },
+      target,
+      at,
+    );
+    // i_mtime is a signed 64-bit value: files may predate 1970.
+    target.writeBigInt64LE(BigInt(node.mtime.sec), at + inodeExtended.offsetOf('mtime'));
+  }
+}
+
+/** Inline xattr body (header + entries), or null when there are none. Sorted for reproducible images. */
+export function encodeXattrs(xattrs: Map<ByteString, Uint8Array>): Buffer | null {
+  if (xattrs.size === 0) return null;
+  const entries: { index: number; suffix: Buffer; value: Uint8Array }[] = [];
+  for (const [name, value] of xattrs) {
+    let best: { index: number; prefix: string } | undefined;
+    for (const candidate of XATTR_PREFIXES) {
+      const isAcl = candidate.index === 2 || candidate.index === 3;
+      const matches = isAcl ? name === candidate.prefix : name.startsWith(candidate.prefix);
+      if (matches && (!best || candidate.prefix.length > best.prefix.length)) best = candidate;
+    }
+    if (!best) {
+      throw new ErofsOciError('unsupported', `extended attribute ${JSON.stringify(name)} has no EROFS name prefix`);
+    }
+    const suffix = fromByteString(name.slice(best.prefix.length));
+    if (suffix.byteLength > 255) throw new ErofsOciError('unsupported', `extended attribute name too long: ${name}`);
+    if (value.byteLength > U16_MAX) {
+      throw new ErofsOciError('unsupported', `extended attribute ${name} is larger than 64 KiB`);
+    }
+    entries.push({ index: best.index, suffix, value });
+  }
+  entries.sort((a, b) => a.index - b.index || Buffer.compare(a.suffix, b.suffix));
+  let size = xattrIbodyHeader.size;
+  for (const e of entries) size += alignUp(xattrEntry.size + e.suffix.byteLength + e.value.byteLength, 4);
+  if ((size - xattrIbodyHeader.size) / 4 + 1 > U16_MAX) {
+    throw new ErofsOciError('unsupported', 'extended attributes of one file exceed 256 KiB');
+  }
+  const body = Buffer.alloc(size);
+  xattrIbodyHeader.encode({ nameFilter: 0, sharedCount: 0 }, body, 0);
+  let p = xattrIbodyHeader.size;
+  for (const e of entries) {
+    xattrEntry.encode({ nameLen: e.suffix.byteLength, nameIndex: e.index, valueSize: e.value.byteLength }, body, p);
+    e.suffix.copy(body, p + xattrEntry.size);
+    body.set(e.value, p + xattrEntry.size + e.suffix.byteLength);
+    p += alignUp(xattrEntry.size + e.suffix.byteLength + e.value.byteLength, 4);
+  }
+  return body;
+}
+
+/** Size of the inline xattr body for `xattrs` (what `writeFileData` needs as `inlineOverhead`). */
+export function xattrBodySize(xattrs: Map<ByteString, Uint8Array>): number {
+  return encodeXattrs(xattrs)?.byteLength ?? 0;
+}

@@ -1,0 +1,256 @@
+/**
+ * Applying layer entries to a tree, whiteouts included (OCI image spec, "Applying Changesets" and
+ * "Whiteouts"). Every rule is in `TreeBuilder.add`; each call is one entry of one layer.
+ *
+ * - `.wh.NAME` removes NAME as left by lower layers; `.wh..wh..opq` hides everything lower layers put in
+ *   its directory. Neither touches what the same layer itself adds, before or after the marker.
+ * - A later entry replaces an earlier one; a directory entry over a directory only updates attributes.
+ * - Missing parents are created. Symlinks are never followed while resolving entry paths.
+ * - In `overlay` form (a single layer meant as an overlayfs lower layer) whiteouts are kept the way
+ *   overlayfs spells them: a character device 0:0 and `trusted.overlay.opaque=y`.
+ */
+import { ErofsOciError } from '../errors.ts';
+import type { Attributes, ByteString, Directory, Leaf, Node } from './tree.ts';
+import { displayName, newDirectory } from './tree.ts';
+
+export type WhiteoutMode = 'apply' | 'overlay' | 'strip';
+
+const WHITEOUT_PREFIX = '.wh.';
+const OPAQUE_MARKER = '.wh..wh..opq';
+const MAX_NAME = 255;
+
+/** Where an entry came from, for error messages. */
+export interface EntryOrigin {
+  /** Source name, e.g. `layer.tar`. */
+  source: string;
+  /** Byte offset of the entry's header in the uncompressed stream. */
+  offset?: number;
+}
+
+export type EntryNode = { kind: 'dir'; attributes: Attributes } | { kind: 'leaf'; leaf: Leaf } | { kind: 'hardlink'; target: ByteString };
+
+export class TreeBuilder {
+  readonly root: Directory;
+  readonly #whiteouts: WhiteoutMode;
+  /** Entries added or updated by the current layer, per directory: whiteouts do not apply to them. */
+  #touched = new WeakMap<Directory, Set<ByteString>>();
+  #rootTouched = false;
+  #layer = 0;
+
+  constructor(options: { whiteouts: WhiteoutMode; root?: Directory }) {
+    this.#whiteouts = options.whiteouts;
+    this.root = options.root ?? newDirectory();
+  }
+
+  /** True when some entry set the root directory's own attributes. */
+  get rootHasAttributes(): boolean {
+    return this.#rootTouched;
+  }
+
+  beginLayer(): void {
+    this.#touched = new WeakMap();
+    this.#layer++;
+  }
+
+  /**
+   * Checks an entry's path and tells what it is: a whiteout, the root, or a named entry. Call it before
+   * streaming a file's data, so bad paths fail before any byte is written.
+   */
+  classify(path: ByteString, origin: EntryOrigin): ClassifiedPath {
+    const parts = splitPath(path, origin);
+    if (parts.length === 0) return { kind: 'root' };
+    const name = parts[parts.length - 1] as ByteString;
+    const parent = parts.slice(0, -1);
+    if (name === OPAQUE_MARKER) return { kind: 'opaque', parent };
+    if (name.startsWith(WHITEOUT_PREFIX)) {
+      const hidden = name.slice(WHITEOUT_PREFIX.length);
+      // `.wh..wh.*` names other than the opaque marker are aufs bookkeeping (e.g. `.wh..wh.plnk`).
+      if (hidden.startsWith(WHITEOUT_PREFIX)) return { kind: 'ignored', parent };
+      if (hidden === '' || hidden === '.' || hidden === '..') {
+        throw entryError(`invalid whiteout name ${quote(name)}`, path, origin);
+      }
+      return { kind: 'whiteout', parent, name: hidden };
+    }
+    return { kind: 'entry', parent, name };
+  }
+
+  /** Adds one entry whose path `classify` returned. `attributes` are the whiteout entry's own (overlay form). */
+  add(path: ByteString, classified: ClassifiedPath, node: EntryNode, origin: EntryOrigin): void {
+    switch (classified.kind) {
+      case 'ignored':
+        return;
+      case 'root':
+        if (node.kind !== 'dir') throw entryError('the root can only be a directory', path, origin);
+        assignAttributes(this.root, node.attributes);
+        this.#rootTouched = true;
+        return;
+      case 'opaque':
+        this.#opaque(path, classified.parent, node, origin);
+        return;
+      case 'whiteout':
+        this.#whiteout(path, classified.parent, classified.name, node, origin);
+        return;
+      case 'entry':
+        this.#entry(path, classified.parent, classified.name, node, origin);
+        return;
+    }
+  }
+
+  #entry(path: ByteString, parentParts: ByteString[], name: ByteString, node: EntryNode, origin: EntryOrigin): void {
+    const parent = this.#directory(parentParts, path, origin);
+    const existing = parent.entries.get(name);
+    const touched = this.#isTouched(parent, name);
+    let replacement: Node;
+    switch (node.kind) {
+      case 'dir':
+        if (existing?.kind === 'dir') {
+          assignAttributes(existing, node.attributes);
+          this.#touch(parent, name);
+          return;
+        }
+        if (existing && touched) throw entryError('entry is both a file and a directory in one layer', path, origin);
+        replacement = { ...newDirectory(node.attributes), entries: new Map() };
+        break;
+      case 'leaf':
+        if (existing?.kind === 'dir' && touched) {
+          throw entryError('entry is both a directory and a file in one layer', path, origin);
+        }
+        replacement = node.leaf;
+        break;
+      case 'hardlink': {
+        const target = this.#resolveLink(node.target, origin, path);
+        if (existing?.kind === 'dir' && touched) {
+          throw entryError('entry is both a directory and a hardlink in one layer', path, origin);
+        }
+        replacement = target;
+        break;
+      }
+    }
+    parent.entries.set(name, replacement);
+    this.#touch(parent, name);
+  }
+
+  #whiteout(path: ByteString, parentParts: ByteString[], name: ByteString, node: EntryNode, origin: EntryOrigin): void {
+    if (this.#whiteouts === 'strip') return;
+    const parent = this.#directory(parentParts, path, origin);
+    if (this.#whiteouts === 'overlay') {
+      const attributes = node.kind === 'dir' ? node.attributes : node.kind === 'leaf' ? node.leaf : undefined;
+      parent.entries.set(name, {
+        kind: 'chardev',
+        major: 0,
+        minor: 0,
+        mode: attributes?.mode ?? 0o644,
+        uid: attributes?.uid ?? 0,
+        gid: attributes?.gid ?? 0,
+        mtime: attributes?.mtime ?? { sec: 0, nsec: 0 },
+        xattrs: new Map(),
+      });
+      this.#touch(parent, name);
+      return;
+    }
+    if (!this.#isTouched(parent, name)) parent.entries.delete(name);
+  }
+
+  #opaque(path: ByteString, parentParts: ByteString[], _node: EntryNode, origin: EntryOrigin): void {
+    if (this.#whiteouts === 'strip') return;
+    const dir = this.#directory(parentParts, path, origin);
+    if (this.#whiteouts === 'overlay') {
+      dir.xattrs.set('trusted.overlay.opaque', Buffer.from('y'));
+      return;
+    }
+    this.#hideLower(dir);
+  }
+
+  /** Removes from `dir` everything lower layers put there, keeping what this layer added. */
+  #hideLower(dir: Directory): void {
+    for (const [name, child] of dir.entries) {
+      if (!this.#isTouched(dir, name)) dir.entries.delete(name);
+      else if (child.kind === 'dir') this.#hideLower(child);
+    }
+  }
+
+  /** Resolves `parts` to a directory, creating missing ones and replacing lower-layer non-directories. */
+  #directory(parts: ByteString[], path: ByteString, origin: EntryOrigin): Directory {
+    let dir = this.root;
+    for (const part of parts) {
+      const child = dir.entries.get(part);
+      if (child?.kind === 'dir') {
+        dir = child;
+        continue;
+      }
+      if (child && this.#isTouched(dir, part)) {
+        throw entryError(`parent ${quote(part)} is not a directory in the same layer`, path, origin);
+      }
+      const created = newDirectory();
+      dir.entries.set(part, created);
+      this.#touch(dir, part);
+      dir = created;
+    }
+    return dir;
+  }
+
+  #resolveLink(target: ByteString, origin: EntryOrigin, path: ByteString): Leaf {
+    let node: Node | undefined = this.root;
+    for (const part of splitPath(target, origin)) {
+      node = node?.kind === 'dir' ? node.entries.get(part) : undefined;
+    }
+    if (!node) throw entryError(`hardlink target ${quote(target)} does not exist`, path, origin);
+    if (node.kind === 'dir') throw entryError(`hardlink target ${quote(target)} is a directory`, path, origin);
+    return node;
+  }
+
+  #isTouched(dir: Directory, name: ByteString): boolean {
+    return this.#touched.get(dir)?.has(name) ?? false;
+  }
+
+  #touch(dir: Directory, name: ByteString): void {
+    let names = this.#touched.get(dir);
+    if (!names) {
+      names = new Set();
+      this.#touched.set(dir, names);
+    }
+    names.add(name);
+  }
+}
+
+export type ClassifiedPath =
+  | { kind: 'root' }
+  | { kind: 'entry'; parent: ByteString[]; name: ByteString }
+  | { kind: 'whiteout'; parent: ByteString[]; name: ByteString }
+  | { kind: 'opaque'; parent: ByteString[] }
+  | { kind: 'ignored'; parent: ByteString[] };
+
+/**
+ * Splits an archive path into components: leading `/` and `./` and empty or `.` components are dropped;
+ * `..` is refused outright (an entry must never reach outside the tree, and no real layer needs it).
+ */
+export function splitPath(path: ByteString, origin: EntryOrigin): ByteString[] {
+  const parts: ByteString[] = [];
+  for (const part of path.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') throw entryError('path contains ".." and could escape the root', path, origin);
+    if (part.length > MAX_NAME) {
+      throw entryError(`name is ${part.length} bytes long, longer than ${MAX_NAME}`, path, origin);
+    }
+    if (part.includes('\0')) throw entryError('name contains a NUL byte', path, origin);
+    parts.push(part);
+  }
+  return parts;
+}
+
+function assignAttributes(target: Attributes, source: Attributes): void {
+  target.mode = source.mode;
+  target.uid = source.uid;
+  target.gid = source.gid;
+  target.mtime = source.mtime;
+  target.xattrs = new Map(source.xattrs);
+}
+
+function quote(name: ByteString): string {
+  return JSON.stringify(displayName(name));
+}
+
+export function entryError(message: string, path: ByteString, origin: EntryOrigin): ErofsOciError {
+  const where = origin.offset === undefined ? origin.source : `${origin.source} at offset ${origin.offset}`;
+  return new ErofsOciError('corrupt', `${where}: entry ${quote(path)}: ${message}`);
+}
