@@ -17,6 +17,7 @@ export type WhiteoutMode = 'apply' | 'overlay' | 'strip';
 
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_MARKER = '.wh..wh..opq';
+const AUFS_META_PREFIX = '.wh..wh.';
 const MAX_NAME = 255;
 
 /** Where an entry came from, for error messages. */
@@ -61,10 +62,11 @@ export class TreeBuilder {
     if (parts.length === 0) return { kind: 'root' };
     const name = parts[parts.length - 1] as ByteString;
     const parent = parts.slice(0, -1);
+    // `.wh..wh.*` names other than the opaque marker are aufs bookkeeping (e.g. `.wh..wh.plnk/`): skipped.
+    if (parent.some((part) => part.startsWith(AUFS_META_PREFIX))) return { kind: 'ignored', parent };
     if (name === OPAQUE_MARKER) return { kind: 'opaque', parent };
     if (name.startsWith(WHITEOUT_PREFIX)) {
       const hidden = name.slice(WHITEOUT_PREFIX.length);
-      // `.wh..wh.*` names other than the opaque marker are aufs bookkeeping (e.g. `.wh..wh.plnk`).
       if (hidden.startsWith(WHITEOUT_PREFIX)) return { kind: 'ignored', parent };
       if (hidden === '' || hidden === '.' || hidden === '..') {
         throw entryError(`invalid whiteout name ${quote(name)}`, path, origin);
