@@ -24,6 +24,7 @@ import { fromByteString } from '../fs-tree/tree.ts';
 import { crc32c } from '../io/crc32c.ts';
 import { FileWriter } from '../io/file-writer.ts';
 import {
+  CHUNK_FORMAT_BLKBITS_MASK,
   CHUNK_FORMAT_INDEXES,
   chunkIndex,
   DataLayout,
@@ -195,7 +196,7 @@ export class ImageWriter {
     });
     throwIfAborted(options.signal);
     const externalStart = plan.totalBlocks;
-    this.#emit(plan, externalStart);
+    this.#emit(plan);
     const header = this.#header(plan, options, externalStart);
     this.#out.pwrite(header, 0);
     const bytes = plan.totalBlocks * this.blockSize;
@@ -235,7 +236,7 @@ export class ImageWriter {
     }
   }
 
-  #emit(plan: MetadataPlan, externalStart: number): void {
+  #emit(plan: MetadataPlan): void {
     const bs = this.blockSize;
     // Late data: directory blocks and symlink targets that are not inlined, in plan order.
     this.#out.padTo(plan.lateDataStart * bs);
@@ -260,11 +261,15 @@ export class ImageWriter {
         p = alignUp(p, chunkIndex.size);
         const content = (inode.node as { content: FileContent }).content;
         if (content.kind !== 'external') throw new Error('unreachable: chunked inode without external content');
-        chunkIndex.encode(
-          { deviceId: 0, startblkLo: externalStart + content.offset / bs, startblkHi: 0 },
-          meta,
-          p,
-        );
+        const first = content.offset / bs;
+        for (let i = 0; i < inode.chunk.count; i++) {
+          const block = first + i * inode.chunk.chunkBlocks;
+          chunkIndex.encode(
+            { deviceId: 1, startblkLo: block % 2 ** 32, startblkHi: 0 },
+            meta,
+            p + i * chunkIndex.size,
+          );
+        }
         continue;
       }
       if (inode.inlineLength === 0) continue;
@@ -381,7 +386,7 @@ interface InodePlan {
   inlineLength: number;
   /** Block where the data (not inline) starts; 0xffffffff when there is none. */
   startBlock: number;
-  chunk: { format: number } | null;
+  chunk: { format: number; count: number; chunkBlocks: number } | null;
   /** Directories: sorted entries split into blocks. */
   dirBlocks: DirEntryPlan[][] | null;
 }
@@ -486,17 +491,27 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
     if (node.kind === 'file') {
       const content = node.content;
       if (content.kind === 'external') {
-        // One chunk covers the whole file: its bytes are contiguous in the tar.
+        // As erofs-utils (lib/blobchunk.c, tarerofs_write_chunkes): the smallest power-of-two chunk that
+        // covers the whole file, so one index normally suffices; chunks address device 1 (the tar) in its
+        // own block numbers, which a flat `[image][tar]` file resolves through the slot's unified address.
         if (content.size === 0) {
           inode.layout = DataLayout.flatPlain;
         } else {
           if (content.offset % bs !== 0) {
             throw new ErofsOciError('internal', `external data offset ${content.offset} is not block aligned`);
           }
-          const blocks = Math.ceil(content.size / bs);
-          const chunkBits = Math.max(0, Math.ceil(Math.log2(blocks)));
+          if ((content.offset + content.size) / bs > U32_MAX) {
+            throw new ErofsOciError('unsupported', 'layer too large for 32-bit block addresses in index mode');
+          }
+          const blkbits = Math.log2(bs);
+          const sizeBits = content.size <= 1 ? 0 : Math.floor(Math.log2(content.size - 1)) + 1;
+          const chunkBits = Math.min(CHUNK_FORMAT_BLKBITS_MASK, Math.max(blkbits, sizeBits) - blkbits);
           inode.layout = DataLayout.chunkBased;
-          inode.chunk = { format: CHUNK_FORMAT_INDEXES | chunkBits };
+          inode.chunk = {
+            format: CHUNK_FORMAT_INDEXES | chunkBits,
+            count: Math.ceil(content.size / (bs * 2 ** chunkBits)),
+            chunkBlocks: 2 ** chunkBits,
+          };
         }
       } else if (content.size === 0) {
         inode.layout = DataLayout.flatPlain;
@@ -536,7 +551,7 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
   for (const inode of inodes) {
     position = alignUp(position, INODE_SLOT_SIZE);
     let recordSize = inode.isize + (inode.xattrBody?.byteLength ?? 0);
-    if (inode.chunk) recordSize = alignUp(recordSize, chunkIndex.size) + chunkIndex.size;
+    if (inode.chunk) recordSize = alignUp(recordSize, chunkIndex.size) + inode.chunk.count * chunkIndex.size;
     recordSize += inode.inlineLength;
     const mustFit = inode.inlineLength > 0 || inode.chunk !== null;
     const spaceInBlock = bs - (position % bs);
