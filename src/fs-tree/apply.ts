@@ -18,6 +18,8 @@ export type WhiteoutMode = 'apply' | 'overlay' | 'strip';
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_MARKER = '.wh..wh..opq';
 const AUFS_META_PREFIX = '.wh..wh.';
+const OVERLAY_ORIGIN = 'trusted.overlay.origin';
+const OVERLAY_OPAQUE = 'trusted.overlay.opaque';
 const MAX_NAME = 255;
 
 /** Where an entry came from, for error messages. */
@@ -106,7 +108,12 @@ export class TreeBuilder {
     switch (node.kind) {
       case 'dir':
         if (existing?.kind === 'dir') {
+          // Overlay markers set by whiteouts met earlier survive the directory's own entry.
+          const opaque = existing.xattrs.get(OVERLAY_OPAQUE);
+          const origin = existing.xattrs.get(OVERLAY_ORIGIN);
           assignAttributes(existing, node.attributes);
+          if (this.#whiteouts === 'overlay' && opaque) existing.xattrs.set(OVERLAY_OPAQUE, opaque);
+          if (this.#whiteouts === 'overlay' && origin) existing.xattrs.set(OVERLAY_ORIGIN, origin);
           this.#touch(parent, name);
           return;
         }
@@ -136,17 +143,21 @@ export class TreeBuilder {
     if (this.#whiteouts === 'strip') return;
     const parent = this.#directory(parentParts, path, origin);
     if (this.#whiteouts === 'overlay') {
+      // As overlayfs creates them: S_IFCHR with mode 0 and device 0:0; owner and mtime from the entry.
       const attributes = node.kind === 'dir' ? node.attributes : node.kind === 'leaf' ? node.leaf : undefined;
       parent.entries.set(name, {
         kind: 'chardev',
         major: 0,
         minor: 0,
-        mode: attributes?.mode ?? 0o644,
+        mode: 0,
         uid: attributes?.uid ?? 0,
         gid: attributes?.gid ?? 0,
         mtime: attributes?.mtime ?? { sec: 0, nsec: 0 },
         xattrs: new Map(),
       });
+      // Keeps overlayfs from iterating this directory directly, which would expose the whiteouts when the
+      // image is the only lower layer (kernel commit b79e05aaa166; erofs-utils marks such directories too).
+      parent.xattrs.set(OVERLAY_ORIGIN, new Uint8Array(0));
       this.#touch(parent, name);
       return;
     }
@@ -157,7 +168,7 @@ export class TreeBuilder {
     if (this.#whiteouts === 'strip') return;
     const dir = this.#directory(parentParts, path, origin);
     if (this.#whiteouts === 'overlay') {
-      dir.xattrs.set('trusted.overlay.opaque', Buffer.from('y'));
+      dir.xattrs.set(OVERLAY_OPAQUE, Buffer.from('y'));
       return;
     }
     this.#hideLower(dir);

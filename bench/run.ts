@@ -1,0 +1,110 @@
+/**
+ * `npm run bench`: measures erofs-oci against baselines in the same run and prints ratios.
+ *
+ * build: MB/s of `erofs-oci build tar:…` on a ≥ 500 MB uncompressed layer (≥ 20k small files and large
+ * files), next to `cat` of the same tar and, when MKFS_EROFS points to an erofs-utils 1.9 mkfs.erofs
+ * (built locally from its public source, never committed), `mkfs.erofs --tar=f`. Peak RSS of each.
+ *
+ * Environment: BENCH_DIR (default /tmp/erofs-oci-bench) holds generated inputs between runs;
+ * BENCH_SMALL_FILES, BENCH_LARGE_FILES, BENCH_LARGE_MIB size the layer; MKFS_EROFS as above.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const root = join(here, '..');
+const benchDir = process.env.BENCH_DIR ?? '/tmp/erofs-oci-bench';
+const cli = join(root, 'bin', 'erofs-oci.js');
+
+interface Measurement {
+  seconds: number;
+  maxRssKiB: number;
+  status: number;
+}
+
+function measure(command: string[], options: { stdoutNull?: boolean } = {}): Measurement {
+  const out = execFileSync('python3', [join(here, 'measure.py'), ...command], {
+    encoding: 'utf8',
+    env: { ...process.env, ...(options.stdoutNull ? { MEASURE_STDOUT_NULL: '1' } : {}) },
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 1 << 20,
+  });
+  const result = JSON.parse(out.trim().split('\n').pop() as string) as Measurement;
+  if (result.status !== 0) throw new Error(`${command.join(' ')} exited with ${result.status}`);
+  return result;
+}
+
+/** Best of `runs` (least wall time), to keep page-cache and scheduling noise out of the ratios. */
+function best(runs: number, command: string[], options: { stdoutNull?: boolean } = {}): Measurement {
+  let winner: Measurement | undefined;
+  for (let i = 0; i < runs; i++) {
+    const m = measure(command, options);
+    if (!winner || m.seconds < winner.seconds) winner = m;
+  }
+  return winner as Measurement;
+}
+
+const mb = (bytes: number) => bytes / 1e6;
+const rows: string[][] = [];
+const results: Record<string, unknown> = { date: new Date().toISOString(), node: process.version };
+
+function benchBuild(): void {
+  mkdirSync(benchDir, { recursive: true });
+  const small = Number(process.env.BENCH_SMALL_FILES ?? 24000);
+  const large = Number(process.env.BENCH_LARGE_FILES ?? 3);
+  const largeMiB = Number(process.env.BENCH_LARGE_MIB ?? 120);
+  const tar = join(benchDir, `layer-${small}-${large}x${largeMiB}.tar`);
+  if (!existsSync(tar)) {
+    process.stderr.write(`generating ${tar} …\n`);
+    execFileSync('python3', [join(here, 'make-tar.py'), `${tar}.part`, String(small), String(large), String(largeMiB)]);
+    execFileSync('mv', [`${tar}.part`, tar]);
+  }
+  const size = statSync(tar).size;
+  const out = join(benchDir, 'out.erofs');
+  const runs = 3;
+  const cat = best(runs, ['cat', tar], { stdoutNull: true });
+  const ours = best(runs, [process.execPath, cli, 'build', '--quiet', '--timestamp', '0', '--uuid', 'clear', `tar:${tar}`, out]);
+  const entries = { tarBytes: size, smallFiles: small, largeFiles: large, largeMiB };
+  const table: [string, Measurement][] = [
+    ['cat tar > /dev/null', cat],
+    ['erofs-oci build tar:', ours],
+  ];
+  const mkfs = process.env.MKFS_EROFS;
+  let theirs: Measurement | undefined;
+  if (mkfs) {
+    const theirsOut = join(benchDir, 'out-mkfs.erofs');
+    theirs = best(runs, [mkfs, '--quiet', '-T0', '-Uclear', '--tar=f', theirsOut, tar]);
+    table.push([`mkfs.erofs --tar=f (${mkfs})`, theirs]);
+    rmSync(theirsOut, { force: true });
+  }
+  rmSync(out, { force: true });
+  for (const [name, m] of table) {
+    rows.push(['build', name, m.seconds.toFixed(2), (mb(size) / m.seconds).toFixed(0), (m.maxRssKiB / 1024).toFixed(0)]);
+  }
+  const ratios: Record<string, number> = { oursVsCat: cat.seconds / ours.seconds };
+  if (theirs) ratios.oursVsMkfs = theirs.seconds / ours.seconds;
+  results.build = { ...entries, cat, ours, mkfs: theirs ?? null, ratios };
+  rows.push([
+    'build',
+    `ratios: ${(ratios.oursVsCat as number).toFixed(2)}× cat${theirs ? `, ${(ratios.oursVsMkfs as number).toFixed(2)}× mkfs.erofs` : ' (MKFS_EROFS not set)'}`,
+    '',
+    '',
+    '',
+  ]);
+}
+
+const only = process.argv.slice(2);
+const suites: Record<string, () => void> = { build: benchBuild };
+for (const [name, run] of Object.entries(suites)) {
+  if (only.length > 0 && !only.includes(name)) continue;
+  run();
+}
+
+const header = ['suite', 'what', 'seconds', 'MB/s', 'peak RSS MiB'];
+const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(widths[i] as number)).join(' | ')} |`;
+process.stdout.write(`${[line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')}\n`);
+mkdirSync(join(here, 'out'), { recursive: true });
+writeFileSync(join(here, 'out', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
