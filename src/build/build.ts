@@ -4,8 +4,7 @@
  * beside the output and renamed into place once complete, so a failure never leaves a partial image.
  */
 import { randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { rename } from 'node:fs/promises';
+import { type FileHandle, open, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type ImageSummary, ImageWriter, type BlockSize, xattrBodySize } from '../erofs/writer.ts';
@@ -116,15 +115,34 @@ function entriesOf(
   }
 }
 
+/**
+ * Reads a file in 1 MiB chunks through four rotating buffers. Allocating a fresh buffer per read let dead
+ * buffers pile up until a major GC (~70 MB of peak RSS on a 500 MB layer). Contract for consumers: a chunk
+ * is only valid until three more have been pulled — the decompressor holds at most the chunk it is
+ * decoding plus one peeked ahead, the tar reader only its current chunk, and the image writer copies or
+ * writes synchronously.
+ */
 async function* openTarFile(path: string, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
-  const stream = createReadStream(path, { highWaterMark: 1 << 20, signal });
+  let handle: FileHandle;
   try {
-    yield* stream as AsyncIterable<Buffer>;
+    handle = await open(path, 'r');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new ErofsOciError('not-found', `cannot open ${path}: no such file`, { cause: error });
     if (code === 'EACCES') throw new ErofsOciError('auth', `cannot open ${path}: permission denied`, { cause: error });
-    throw error;
+    throw new ErofsOciError('io', `cannot open ${path}: ${(error as Error).message}`, { cause: error });
+  }
+  const pool = Array.from({ length: 4 }, () => Buffer.allocUnsafe(1 << 20));
+  try {
+    for (let i = 0; ; i++) {
+      throwIfAborted(signal);
+      const buffer = pool[i % pool.length] as Buffer;
+      const { bytesRead } = await handle.read(buffer, 0, buffer.byteLength, null);
+      if (bytesRead === 0) return;
+      yield buffer.subarray(0, bytesRead);
+    }
+  } finally {
+    await handle.close();
   }
 }
 

@@ -67,7 +67,7 @@ export async function main(argv: string[], partialIo: Partial<CommandIo> = {}): 
   } catch (error) {
     reportError(name, error, io, debug);
     if (controller.signal.aborted) return 130;
-    return exitStatusFor(error) || usageStatus(error);
+    return isParseArgsError(error) ? 2 : exitStatusFor(error);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -77,10 +77,6 @@ export async function main(argv: string[], partialIo: Partial<CommandIo> = {}): 
 /** node:util parseArgs throws TypeErrors with ERR_PARSE_ARGS_* codes for bad options: usage errors. */
 function isParseArgsError(error: unknown): boolean {
   return typeof (error as { code?: unknown })?.code === 'string' && (error as { code: string }).code.startsWith('ERR_PARSE_ARGS');
-}
-
-function usageStatus(error: unknown): number {
-  return isParseArgsError(error) ? 2 : 1;
 }
 
 function reportError(command: string, error: unknown, io: CommandIo, debug: boolean): void {
