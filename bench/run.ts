@@ -58,14 +58,31 @@ function benchBuild(): void {
   const tar = join(benchDir, `layer-${small}-${large}x${largeMiB}.tar`);
   if (!existsSync(tar)) {
     process.stderr.write(`generating ${tar} …\n`);
-    execFileSync('python3', [join(here, 'make-tar.py'), `${tar}.part`, String(small), String(large), String(largeMiB)]);
+    execFileSync('python3', [
+      join(here, 'make-tar.py'),
+      `${tar}.part`,
+      String(small),
+      String(large),
+      String(largeMiB),
+    ]);
     execFileSync('mv', [`${tar}.part`, tar]);
   }
   const size = statSync(tar).size;
   const out = join(benchDir, 'out.erofs');
   const runs = 3;
   const cat = best(runs, ['cat', tar], { stdoutNull: true });
-  const ours = best(runs, [process.execPath, cli, 'build', '--quiet', '--timestamp', '0', '--uuid', 'clear', `tar:${tar}`, out]);
+  const ours = best(runs, [
+    process.execPath,
+    cli,
+    'build',
+    '--quiet',
+    '--timestamp',
+    '0',
+    '--uuid',
+    'clear',
+    `tar:${tar}`,
+    out,
+  ]);
   const entries = { tarBytes: size, smallFiles: small, largeFiles: large, largeMiB };
   const table: [string, Measurement][] = [
     ['cat tar > /dev/null', cat],
@@ -81,7 +98,13 @@ function benchBuild(): void {
   }
   rmSync(out, { force: true });
   for (const [name, m] of table) {
-    rows.push(['build', name, m.seconds.toFixed(2), (mb(size) / m.seconds).toFixed(0), (m.maxRssKiB / 1024).toFixed(0)]);
+    rows.push([
+      'build',
+      name,
+      m.seconds.toFixed(2),
+      (mb(size) / m.seconds).toFixed(0),
+      (m.maxRssKiB / 1024).toFixed(0),
+    ]);
   }
   const ratios: Record<string, number> = { oursVsCat: cat.seconds / ours.seconds };
   if (theirs) ratios.oursVsMkfs = theirs.seconds / ours.seconds;
@@ -105,6 +128,8 @@ for (const [name, run] of Object.entries(suites)) {
 const header = ['suite', 'what', 'seconds', 'MB/s', 'peak RSS MiB'];
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
 const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(widths[i] as number)).join(' | ')} |`;
-process.stdout.write(`${[line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')}\n`);
+process.stdout.write(
+  `${[line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')}\n`,
+);
 mkdirSync(join(here, 'out'), { recursive: true });
 writeFileSync(join(here, 'out', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);

@@ -9,10 +9,14 @@ const major = Number(process.versions.node.split('.')[0]);
 if (major < 24) {
   const pinned = fileURLToPath(new URL('../node_modules/.bin/node', import.meta.url));
   if (!existsSync(pinned)) {
-    process.stderr.write(`erofs-oci: Node.js ${process.versions.node} is too old: Node.js 24 or newer is needed (run \`npm ci\` in the checkout to get the pinned one)\n`);
+    process.stderr.write(
+      `erofs-oci: Node.js ${process.versions.node} is too old: Node.js 24 or newer is needed (run \`npm ci\` in the checkout to get the pinned one)\n`,
+    );
     process.exit(6);
   }
-  const child = spawnSync(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+  const child = spawnSync(pinned, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+    stdio: 'inherit',
+  });
   if (child.signal) process.kill(process.pid, child.signal);
   process.exit(child.status ?? 1);
 }

@@ -48,7 +48,8 @@ export interface BuildSummary extends ImageSummary {
 export function defaultTimestamp(env: NodeJS.ProcessEnv = process.env): number {
   const fromEnv = env.SOURCE_DATE_EPOCH;
   if (fromEnv !== undefined && fromEnv !== '') {
-    if (!/^\d+$/.test(fromEnv)) throw new ErofsOciError('usage', `SOURCE_DATE_EPOCH is not a number of seconds: ${fromEnv}`);
+    if (!/^\d+$/.test(fromEnv))
+      throw new ErofsOciError('usage', `SOURCE_DATE_EPOCH is not a number of seconds: ${fromEnv}`);
     return Number(fromEnv);
   }
   return Math.floor(Date.now() / 1000);
@@ -59,8 +60,12 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
   if (options.sources.length === 0) throw new ErofsOciError('usage', 'no source given');
   const buildTime = options.timestamp ?? defaultTimestamp();
   const whiteouts =
-    options.whiteouts ?? (options.sources.length === 1 && options.sources[0]?.kind !== 'dir' ? 'overlay' : 'apply');
-  const temporary = join(dirname(options.output), `.${basename(options.output)}.${randomBytes(4).toString('hex')}.tmp`);
+    options.whiteouts ??
+    (options.sources.length === 1 && options.sources[0]?.kind !== 'dir' ? 'overlay' : 'apply');
+  const temporary = join(
+    dirname(options.output),
+    `.${basename(options.output)}.${randomBytes(4).toString('hex')}.tmp`,
+  );
   const writer = ImageWriter.create(temporary, { blockSize: options.blockSize ?? 4096 });
   try {
     const tree = new TreeBuilder({ whiteouts });
@@ -128,8 +133,10 @@ async function* openTarFile(path: string, signal: AbortSignal | undefined): Asyn
     handle = await open(path, 'r');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new ErofsOciError('not-found', `cannot open ${path}: no such file`, { cause: error });
-    if (code === 'EACCES') throw new ErofsOciError('auth', `cannot open ${path}: permission denied`, { cause: error });
+    if (code === 'ENOENT')
+      throw new ErofsOciError('not-found', `cannot open ${path}: no such file`, { cause: error });
+    if (code === 'EACCES')
+      throw new ErofsOciError('auth', `cannot open ${path}: permission denied`, { cause: error });
     throw new ErofsOciError('io', `cannot open ${path}: ${(error as Error).message}`, { cause: error });
   }
   const pool = Array.from({ length: 4 }, () => Buffer.allocUnsafe(1 << 20));
@@ -186,7 +193,12 @@ async function addEntry(
     case 'blockdev':
       node = {
         kind: 'leaf',
-        leaf: { kind: entry.type, ...attributes, major: entry.devmajor, minor: entry.devminor } satisfies Leaf,
+        leaf: {
+          kind: entry.type,
+          ...attributes,
+          major: entry.devmajor,
+          minor: entry.devminor,
+        } satisfies Leaf,
       };
       break;
     case 'fifo':

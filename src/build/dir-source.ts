@@ -16,11 +16,18 @@ export interface DirSourceOptions {
   onWarning?: (message: string) => void;
 }
 
-export async function* readDirectory(root: string, options: DirSourceOptions = {}): AsyncGenerator<SourceEntry> {
+export async function* readDirectory(
+  root: string,
+  options: DirSourceOptions = {},
+): AsyncGenerator<SourceEntry> {
   const rootStat = await lstat(root, { bigint: true }).catch((error: NodeJS.ErrnoException) => {
-    throw new ErofsOciError(error.code === 'ENOENT' ? 'not-found' : 'io', `cannot read directory ${root}: ${error.message}`, {
-      cause: error,
-    });
+    throw new ErofsOciError(
+      error.code === 'ENOENT' ? 'not-found' : 'io',
+      `cannot read directory ${root}: ${error.message}`,
+      {
+        cause: error,
+      },
+    );
   });
   if (!rootStat.isDirectory()) throw new ErofsOciError('usage', `dir: source ${root} is not a directory`);
   const xattrs = await readAllXattrs(root, options);
@@ -92,7 +99,11 @@ export async function* readDirectory(root: string, options: DirSourceOptions = {
 
 async function* noBody(): AsyncGenerator<Uint8Array> {}
 
-async function* readFileExactly(path: Buffer, size: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+async function* readFileExactly(
+  path: Buffer,
+  size: number,
+  signal?: AbortSignal,
+): AsyncGenerator<Uint8Array> {
   let read = 0;
   const stream = createReadStream(path, { highWaterMark: 1 << 20, end: size === 0 ? 0 : size - 1, signal });
   if (size === 0) {
@@ -124,12 +135,19 @@ function timestampOf(ns: bigint): Timestamp {
  * (latin1 byte string). `system.*` attributes other than POSIX ACLs describe the host filesystem, not the
  * files, and are left out.
  */
-async function readAllXattrs(root: string, options: DirSourceOptions): Promise<Map<string, Map<ByteString, Uint8Array>>> {
+async function readAllXattrs(
+  root: string,
+  options: DirSourceOptions,
+): Promise<Map<string, Map<ByteString, Uint8Array>>> {
   const result = new Map<string, Map<ByteString, Uint8Array>>();
   const output = await new Promise<Buffer | null>((resolve, reject) => {
-    const child = spawn('getfattr', ['-R', '-d', '-m', '-', '-e', 'hex', '--absolute-names', '-h', '--', root], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      'getfattr',
+      ['-R', '-d', '-m', '-', '-e', 'hex', '--absolute-names', '-h', '--', root],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     const chunks: Buffer[] = [];
     const errors: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => chunks.push(c));
@@ -140,11 +158,16 @@ async function readAllXattrs(root: string, options: DirSourceOptions): Promise<M
     });
     child.on('close', (code) => {
       if (code === 0) resolve(Buffer.concat(chunks));
-      else reject(new ErofsOciError('io', `getfattr failed on ${root}: ${Buffer.concat(errors).toString().trim()}`));
+      else
+        reject(
+          new ErofsOciError('io', `getfattr failed on ${root}: ${Buffer.concat(errors).toString().trim()}`),
+        );
     });
   });
   if (output === null) {
-    options.onWarning?.('getfattr is not installed (Debian package "attr"): extended attributes of dir: sources are not copied');
+    options.onWarning?.(
+      'getfattr is not installed (Debian package "attr"): extended attributes of dir: sources are not copied',
+    );
     return result;
   }
   let current: Map<ByteString, Uint8Array> | undefined;
@@ -157,7 +180,12 @@ async function readAllXattrs(root: string, options: DirSourceOptions): Promise<M
     const eq = line.indexOf('=');
     if (!current || eq <= 0) continue;
     const name = unescapeGetfattr(line.slice(0, eq));
-    if (name.startsWith('system.') && name !== 'system.posix_acl_access' && name !== 'system.posix_acl_default') continue;
+    if (
+      name.startsWith('system.') &&
+      name !== 'system.posix_acl_access' &&
+      name !== 'system.posix_acl_default'
+    )
+      continue;
     const value = line.slice(eq + 1);
     current.set(name, value.startsWith('0x') ? Buffer.from(value.slice(2), 'hex') : Buffer.alloc(0));
   }
@@ -166,5 +194,7 @@ async function readAllXattrs(root: string, options: DirSourceOptions): Promise<M
 
 /** getfattr writes unprintable bytes and backslashes of names as `\ooo` octal escapes. */
 function unescapeGetfattr(value: string): string {
-  return value.replace(/\\([0-7]{3})/g, (_m, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
+  return value.replace(/\\([0-7]{3})/g, (_m, octal: string) =>
+    String.fromCharCode(Number.parseInt(octal, 8)),
+  );
 }

@@ -48,12 +48,17 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
     io.stdout.write(buildHelp);
     return 0;
   }
-  if (positionals.length < 2) throw new ErofsOciError('usage', 'build needs at least one SOURCE and an OUTPUT', { hint: 'see erofs-oci build --help' });
+  if (positionals.length < 2)
+    throw new ErofsOciError('usage', 'build needs at least one SOURCE and an OUTPUT', {
+      hint: 'see erofs-oci build --help',
+    });
   const output = positionals[positionals.length - 1] as string;
   const sources = positionals.slice(0, -1).map((s) => parseBuildSource(s, io));
-  if (sources.filter((s) => s.kind === 'tar-stream').length > 1) throw new ErofsOciError('usage', 'only one source can read stdin');
+  if (sources.filter((s) => s.kind === 'tar-stream').length > 1)
+    throw new ErofsOciError('usage', 'only one source can read stdin');
   const blockSize = parseBlockSize(values['block-size']);
-  const progress = values.quiet || !io.stderrIsTty ? undefined : new Progress(io.stderr, sources.map(sourceName));
+  const progress =
+    values.quiet || !io.stderrIsTty ? undefined : new Progress(io.stderr, sources.map(sourceName));
   const summary = await build({
     sources,
     output,
@@ -121,7 +126,8 @@ export function parseBlockSize(value: string | undefined): BlockSize {
 export function parseTimestamp(value: string): number {
   if (/^\d+$/.test(value)) return Number(value);
   const parsed = Date.parse(value);
-  if (Number.isNaN(parsed)) throw new ErofsOciError('usage', `--timestamp is neither seconds nor a date: ${value}`);
+  if (Number.isNaN(parsed))
+    throw new ErofsOciError('usage', `--timestamp is neither seconds nor a date: ${value}`);
   return Math.floor(parsed / 1000);
 }
 

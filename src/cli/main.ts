@@ -30,7 +30,9 @@ Run \`erofs-oci COMMAND --help\` for a command's options.
 `;
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
   return pkg.version;
 }
 
@@ -76,7 +78,10 @@ export async function main(argv: string[], partialIo: Partial<CommandIo> = {}): 
 
 /** node:util parseArgs throws TypeErrors with ERR_PARSE_ARGS_* codes for bad options: usage errors. */
 function isParseArgsError(error: unknown): boolean {
-  return typeof (error as { code?: unknown })?.code === 'string' && (error as { code: string }).code.startsWith('ERR_PARSE_ARGS');
+  return (
+    typeof (error as { code?: unknown })?.code === 'string' &&
+    (error as { code: string }).code.startsWith('ERR_PARSE_ARGS')
+  );
 }
 
 function reportError(command: string, error: unknown, io: CommandIo, debug: boolean): void {

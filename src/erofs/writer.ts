@@ -126,7 +126,10 @@ export class ImageWriter {
   /** Creates `path` (truncating it) and prepares to receive file data. */
   static create(path: string, options: WriterOptions): ImageWriter {
     if (![512, 1024, 2048, 4096].includes(options.blockSize)) {
-      throw new ErofsOciError('usage', `unsupported block size ${options.blockSize}: use 512, 1024, 2048 or 4096`);
+      throw new ErofsOciError(
+        'usage',
+        `unsupported block size ${options.blockSize}: use 512, 1024, 2048 or 4096`,
+      );
     }
     try {
       return new ImageWriter(path, options);
@@ -160,7 +163,8 @@ export class ImageWriter {
     let written = 0;
     for await (const chunk of body) {
       throwIfAborted(options.signal);
-      if (written + chunk.byteLength > size) throw new ErofsOciError('internal', 'file body longer than its size');
+      if (written + chunk.byteLength > size)
+        throw new ErofsOciError('internal', 'file body longer than its size');
       if (!inlineTail || written + chunk.byteLength <= fullBytes) {
         this.#out.write(chunk);
       } else {
@@ -260,7 +264,8 @@ export class ImageWriter {
       if (inode.chunk) {
         p = alignUp(p, chunkIndex.size);
         const content = (inode.node as { content: FileContent }).content;
-        if (content.kind !== 'external') throw new Error('unreachable: chunked inode without external content');
+        if (content.kind !== 'external')
+          throw new Error('unreachable: chunked inode without external content');
         const first = content.offset / bs;
         for (let i = 0; i < inode.chunk.count; i++) {
           const block = first + i * inode.chunk.chunkBlocks;
@@ -291,7 +296,8 @@ export class ImageWriter {
     const bs = this.blockSize;
     const header = Buffer.alloc(this.#headerBlocks() * bs);
     const label = Buffer.from(options.label ?? '', 'utf8');
-    if (label.byteLength > 16) throw new ErofsOciError('usage', `volume label is longer than 16 bytes: ${options.label}`);
+    if (label.byteLength > 16)
+      throw new ErofsOciError('usage', `volume label is longer than 16 bytes: ${options.label}`);
     if (options.uuid.byteLength !== 16) throw new ErofsOciError('usage', 'uuid must be 16 bytes');
     let featureIncompat = 0;
     if (plan.inodes.some((inode) => inode.chunk)) featureIncompat |= FEATURE_INCOMPAT_CHUNKED_FILE;
@@ -498,10 +504,16 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
           inode.layout = DataLayout.flatPlain;
         } else {
           if (content.offset % bs !== 0) {
-            throw new ErofsOciError('internal', `external data offset ${content.offset} is not block aligned`);
+            throw new ErofsOciError(
+              'internal',
+              `external data offset ${content.offset} is not block aligned`,
+            );
           }
           if ((content.offset + content.size) / bs > U32_MAX) {
-            throw new ErofsOciError('unsupported', 'layer too large for 32-bit block addresses in index mode');
+            throw new ErofsOciError(
+              'unsupported',
+              'layer too large for 32-bit block addresses in index mode',
+            );
           }
           const blkbits = Math.log2(bs);
           const sizeBits = content.size <= 1 ? 0 : Math.floor(Math.log2(content.size - 1)) + 1;
@@ -539,7 +551,10 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
       const lateBytes = canInline ? full : size;
       if (lateBytes > 0) {
         inode.startBlock = nextLateBlock;
-        const bytes = node.kind === 'symlink' ? Buffer.from(node.target, 'latin1').subarray(0, lateBytes) : Buffer.alloc(0);
+        const bytes =
+          node.kind === 'symlink'
+            ? Buffer.from(node.target, 'latin1').subarray(0, lateBytes)
+            : Buffer.alloc(0);
         lateData.push({ kind: node.kind, inode, startBlock: nextLateBlock, bytes });
         nextLateBlock += Math.ceil(lateBytes / bs);
       }
@@ -581,7 +596,10 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
 
 function validateName(name: ByteString, bytes: Buffer): void {
   if (bytes.byteLength === 0 || bytes.byteLength > EROFS_NAME_LEN || name === '.' || name === '..') {
-    throw new ErofsOciError('corrupt', `invalid file name ${JSON.stringify(name)} (${bytes.byteLength} bytes)`);
+    throw new ErofsOciError(
+      'corrupt',
+      `invalid file name ${JSON.stringify(name)} (${bytes.byteLength} bytes)`,
+    );
   }
   if (bytes.includes(0x2f) || bytes.includes(0)) {
     throw new ErofsOciError('corrupt', `file name contains '/' or NUL: ${JSON.stringify(name)}`);
@@ -670,7 +688,8 @@ function dirBlocks(inode: InodePlan, bs: number, inlineOnly: boolean): Buffer {
     const base = inlineOnly ? 0 : (b - first) * bs;
     let nameOffset = entries.length * DIRENT_SIZE;
     entries.forEach((entry, i) => {
-      const target = entry.dot === 1 ? inode : entry.dot === 2 ? (inode.parent as InodePlan) : (entry.target as InodePlan);
+      const target =
+        entry.dot === 1 ? inode : entry.dot === 2 ? (inode.parent as InodePlan) : (entry.target as InodePlan);
       dirent.encode(
         { nid: target.nid, nameoff: nameOffset, fileType: fileTypeOf(target.node), reserved: 0 },
         out,
@@ -758,10 +777,14 @@ export function encodeXattrs(xattrs: Map<ByteString, Uint8Array>): Buffer | null
       if (matches && (!best || candidate.prefix.length > best.prefix.length)) best = candidate;
     }
     if (!best) {
-      throw new ErofsOciError('unsupported', `extended attribute ${JSON.stringify(name)} has no EROFS name prefix`);
+      throw new ErofsOciError(
+        'unsupported',
+        `extended attribute ${JSON.stringify(name)} has no EROFS name prefix`,
+      );
     }
     const suffix = fromByteString(name.slice(best.prefix.length));
-    if (suffix.byteLength > 255) throw new ErofsOciError('unsupported', `extended attribute name too long: ${name}`);
+    if (suffix.byteLength > 255)
+      throw new ErofsOciError('unsupported', `extended attribute name too long: ${name}`);
     if (value.byteLength > U16_MAX) {
       throw new ErofsOciError('unsupported', `extended attribute ${name} is larger than 64 KiB`);
     }
@@ -777,7 +800,11 @@ export function encodeXattrs(xattrs: Map<ByteString, Uint8Array>): Buffer | null
   xattrIbodyHeader.encode({ nameFilter: 0, sharedCount: 0 }, body, 0);
   let p = xattrIbodyHeader.size;
   for (const e of entries) {
-    xattrEntry.encode({ nameLen: e.suffix.byteLength, nameIndex: e.index, valueSize: e.value.byteLength }, body, p);
+    xattrEntry.encode(
+      { nameLen: e.suffix.byteLength, nameIndex: e.index, valueSize: e.value.byteLength },
+      body,
+      p,
+    );
     e.suffix.copy(body, p + xattrEntry.size);
     body.set(e.value, p + xattrEntry.size + e.suffix.byteLength);
     p += alignUp(xattrEntry.size + e.suffix.byteLength + e.value.byteLength, 4);

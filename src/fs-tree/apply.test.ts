@@ -4,7 +4,13 @@ import { isErofsOciError } from '../errors.ts';
 import { type EntryNode, splitPath, TreeBuilder, type WhiteoutMode } from './apply.ts';
 import { type Attributes, type Directory, EMPTY_CONTENT, type Node } from './tree.ts';
 
-const attrs = (mode = 0o644): Attributes => ({ mode, uid: 0, gid: 0, mtime: { sec: 1, nsec: 0 }, xattrs: new Map() });
+const attrs = (mode = 0o644): Attributes => ({
+  mode,
+  uid: 0,
+  gid: 0,
+  mtime: { sec: 1, nsec: 0 },
+  xattrs: new Map(),
+});
 const file = (): EntryNode => ({ kind: 'leaf', leaf: { kind: 'file', ...attrs(), content: EMPTY_CONTENT } });
 const dir = (): EntryNode => ({ kind: 'dir', attributes: attrs(0o755) });
 const link = (target: string): EntryNode => ({ kind: 'hardlink', target });
@@ -61,7 +67,13 @@ describe('TreeBuilder', () => {
   });
 
   it('does not let a whiteout remove what its own layer adds', () => {
-    const tree = apply([[['a', file()]], [['a', file()], ['.wh.a', file()]]]);
+    const tree = apply([
+      [['a', file()]],
+      [
+        ['a', file()],
+        ['.wh.a', file()],
+      ],
+    ]);
     assert.deepEqual(listing(tree.root), ['a']);
   });
 
@@ -97,11 +109,23 @@ describe('TreeBuilder', () => {
 
   it('rejects an entry that is both file and directory in one layer', () => {
     assert.throws(
-      () => apply([[['x', file()], ['x/inside', file()]]]),
+      () =>
+        apply([
+          [
+            ['x', file()],
+            ['x/inside', file()],
+          ],
+        ]),
       (e: unknown) => isErofsOciError(e, 'corrupt') && /not a directory in the same layer/.test(e.message),
     );
     assert.throws(
-      () => apply([[['x/', dir()], ['x', file()]]]),
+      () =>
+        apply([
+          [
+            ['x/', dir()],
+            ['x', file()],
+          ],
+        ]),
       (e: unknown) => isErofsOciError(e, 'corrupt') && /both a directory and a file/.test(e.message),
     );
   });
@@ -113,7 +137,16 @@ describe('TreeBuilder', () => {
 
   it('rejects hardlinks to missing targets and to directories', () => {
     assert.throws(() => apply([[['b', link('missing')]]]), /does not exist/);
-    assert.throws(() => apply([[['d/', dir()], ['b', link('d')]]]), /is a directory/);
+    assert.throws(
+      () =>
+        apply([
+          [
+            ['d/', dir()],
+            ['b', link('d')],
+          ],
+        ]),
+      /is a directory/,
+    );
   });
 
   it('refuses .. in paths and over-long names', () => {
@@ -122,21 +155,47 @@ describe('TreeBuilder', () => {
   });
 
   it('keeps whiteouts in overlayfs form for a single layer', () => {
-    const tree = apply([[['d/.wh.gone', file()], ['d/.wh..wh..opq', file()], ['d/kept', file()]]], 'overlay');
+    const tree = apply(
+      [
+        [
+          ['d/.wh.gone', file()],
+          ['d/.wh..wh..opq', file()],
+          ['d/kept', file()],
+        ],
+      ],
+      'overlay',
+    );
     const gone = lookup(tree.root, 'd/gone');
     assert.equal(gone?.kind, 'chardev');
     assert.deepEqual(gone?.kind === 'chardev' ? [gone.major, gone.minor] : [], [0, 0]);
-    assert.equal(Buffer.from(lookup(tree.root, 'd')?.xattrs.get('trusted.overlay.opaque') ?? []).toString(), 'y');
+    assert.equal(
+      Buffer.from(lookup(tree.root, 'd')?.xattrs.get('trusted.overlay.opaque') ?? []).toString(),
+      'y',
+    );
   });
 
   it('drops whiteouts with strip', () => {
-    const tree = apply([[['d/.wh.gone', file()], ['d/.wh..wh..opq', file()], ['d/kept', file()]]], 'strip');
+    const tree = apply(
+      [
+        [
+          ['d/.wh.gone', file()],
+          ['d/.wh..wh..opq', file()],
+          ['d/kept', file()],
+        ],
+      ],
+      'strip',
+    );
     assert.deepEqual(listing(tree.root), ['d/', 'd/kept']);
     assert.equal(lookup(tree.root, 'd')?.xattrs.size, 0);
   });
 
   it('ignores aufs metadata names', () => {
-    const tree = apply([[['.wh..wh.plnk/123', file()], ['.wh..wh.aufs', file()]]]);
+    const tree = apply([
+      [
+        ['.wh..wh.plnk/123', file()],
+        ['.wh..wh.aufs', file()],
+      ],
+    ]);
     assert.deepEqual(listing(tree.root), []);
   });
 });

@@ -30,7 +30,10 @@ export interface EntryOrigin {
   offset?: number;
 }
 
-export type EntryNode = { kind: 'dir'; attributes: Attributes } | { kind: 'leaf'; leaf: Leaf } | { kind: 'hardlink'; target: ByteString };
+export type EntryNode =
+  | { kind: 'dir'; attributes: Attributes }
+  | { kind: 'leaf'; leaf: Leaf }
+  | { kind: 'hardlink'; target: ByteString };
 
 export class TreeBuilder {
   readonly root: Directory;
@@ -38,7 +41,6 @@ export class TreeBuilder {
   /** Entries added or updated by the current layer, per directory: whiteouts do not apply to them. */
   #touched = new WeakMap<Directory, Set<ByteString>>();
   #rootTouched = false;
-  #layer = 0;
 
   constructor(options: { whiteouts: WhiteoutMode; root?: Directory }) {
     this.#whiteouts = options.whiteouts;
@@ -52,7 +54,6 @@ export class TreeBuilder {
 
   beginLayer(): void {
     this.#touched = new WeakMap();
-    this.#layer++;
   }
 
   /**
@@ -100,7 +101,13 @@ export class TreeBuilder {
     }
   }
 
-  #entry(path: ByteString, parentParts: ByteString[], name: ByteString, node: EntryNode, origin: EntryOrigin): void {
+  #entry(
+    path: ByteString,
+    parentParts: ByteString[],
+    name: ByteString,
+    node: EntryNode,
+    origin: EntryOrigin,
+  ): void {
     const parent = this.#directory(parentParts, path, origin);
     const existing = parent.entries.get(name);
     const touched = this.#isTouched(parent, name);
@@ -117,7 +124,8 @@ export class TreeBuilder {
           this.#touch(parent, name);
           return;
         }
-        if (existing && touched) throw entryError('entry is both a file and a directory in one layer', path, origin);
+        if (existing && touched)
+          throw entryError('entry is both a file and a directory in one layer', path, origin);
         replacement = { ...newDirectory(node.attributes), entries: new Map() };
         break;
       case 'leaf':
@@ -139,7 +147,13 @@ export class TreeBuilder {
     this.#touch(parent, name);
   }
 
-  #whiteout(path: ByteString, parentParts: ByteString[], name: ByteString, node: EntryNode, origin: EntryOrigin): void {
+  #whiteout(
+    path: ByteString,
+    parentParts: ByteString[],
+    name: ByteString,
+    node: EntryNode,
+    origin: EntryOrigin,
+  ): void {
     if (this.#whiteouts === 'strip') return;
     const parent = this.#directory(parentParts, path, origin);
     if (this.#whiteouts === 'overlay') {
@@ -208,7 +222,8 @@ export class TreeBuilder {
       node = node?.kind === 'dir' ? node.entries.get(part) : undefined;
     }
     if (!node) throw entryError(`hardlink target ${quote(target)} does not exist`, path, origin);
-    if (node.kind === 'dir') throw entryError(`hardlink target ${quote(target)} is a directory`, path, origin);
+    if (node.kind === 'dir')
+      throw entryError(`hardlink target ${quote(target)} is a directory`, path, origin);
     return node;
   }
 
