@@ -9,7 +9,7 @@ import { basename, dirname, join } from 'node:path';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type ImageSummary, ImageWriter, type BlockSize, xattrBodySize } from '../erofs/writer.ts';
 import { type EntryNode, TreeBuilder, type WhiteoutMode } from '../fs-tree/apply.ts';
-import { type Attributes, EMPTY_CONTENT, type Leaf } from '../fs-tree/tree.ts';
+import { type Attributes, EMPTY_CONTENT, type FileContent, type Leaf } from '../fs-tree/tree.ts';
 import { decompress } from '../io/decompress.ts';
 import { readTar } from '../tar/reader.ts';
 import { readDirectory } from './dir-source.ts';
@@ -20,8 +20,16 @@ export type BuildSource =
   | { kind: 'tar-stream'; name: string; stream: AsyncIterable<Uint8Array> }
   | { kind: 'dir'; path: string };
 
+/**
+ * `full`: file data inside the image. `index`: metadata only, file data addressed in the layer's
+ * uncompressed tar through device 1 of a device table (512-byte blocks, one tar layer), so that the bytes
+ * `[image][uncompressed tar]` form a mountable filesystem, as erofs-utils `--tar=i` writes it.
+ */
+export type BuildMode = { kind: 'full' } | { kind: 'index' };
+
 export interface BuildOptions {
   sources: BuildSource[];
+  mode?: BuildMode;
   output: string;
   blockSize?: BlockSize;
   /** Build time in seconds (default: `SOURCE_DATE_EPOCH`, else now). File times always come from sources. */
@@ -43,6 +51,8 @@ export interface BuildOptions {
 export interface BuildSummary extends ImageSummary {
   output: string;
   seconds: number;
+  /** Index mode: size of the uncompressed tar the image addresses. */
+  tarSize?: number;
 }
 
 export function defaultTimestamp(env: NodeJS.ProcessEnv = process.env): number {
@@ -62,20 +72,37 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
   const whiteouts =
     options.whiteouts ??
     (options.sources.length === 1 && options.sources[0]?.kind !== 'dir' ? 'overlay' : 'apply');
+  const mode = options.mode ?? { kind: 'full' };
+  const index = mode.kind === 'index';
+  if (index) {
+    if (options.sources.length !== 1 || options.sources[0]?.kind === 'dir') {
+      throw new ErofsOciError('usage', 'index mode takes exactly one tar layer');
+    }
+    if (options.blockSize !== undefined && options.blockSize !== 512) {
+      throw new ErofsOciError('usage', 'index mode uses 512-byte blocks (tar data is 512-byte aligned)');
+    }
+  }
   const temporary = join(
     dirname(options.output),
     `.${basename(options.output)}.${randomBytes(4).toString('hex')}.tmp`,
   );
-  const writer = ImageWriter.create(temporary, { blockSize: options.blockSize ?? 4096 });
+  const writer = ImageWriter.create(temporary, {
+    blockSize: index ? 512 : (options.blockSize ?? 4096),
+    ...(index ? { externalDevice: {} } : {}),
+  });
   try {
     const tree = new TreeBuilder({ whiteouts });
-    for (const [index, source] of options.sources.entries()) {
+    let tarSize = 0;
+    for (const [sourceIndex, source] of options.sources.entries()) {
       tree.beginLayer();
       const name = source.kind === 'tar-stream' ? source.name : source.path;
-      const onBytes = (bytes: number) => options.onProgress?.(index, bytes);
-      for await (const entry of entriesOf(source, options, onBytes)) {
+      const onBytes = (bytes: number) => options.onProgress?.(sourceIndex, bytes);
+      const onTarBytes = (bytes: number) => {
+        tarSize = bytes;
+      };
+      for await (const entry of entriesOf(source, options, onBytes, onTarBytes)) {
         throwIfAborted(options.signal);
-        await addEntry(tree, writer, entry, name, options.signal);
+        await addEntry(tree, writer, entry, name, index, options.signal);
       }
     }
     if (!tree.rootHasAttributes) {
@@ -87,9 +114,15 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
       uuid: options.uuid ?? randomBytes(16),
       label: options.label,
       signal: options.signal,
+      ...(index ? { externalDeviceSize: tarSize } : {}),
     });
     await rename(temporary, options.output);
-    return { ...summary, output: options.output, seconds: (performance.now() - started) / 1000 };
+    return {
+      ...summary,
+      output: options.output,
+      seconds: (performance.now() - started) / 1000,
+      ...(index ? { tarSize } : {}),
+    };
   } catch (error) {
     writer.discard();
     throw error;
@@ -100,6 +133,7 @@ function entriesOf(
   source: BuildSource,
   options: BuildOptions,
   onBytes: (bytes: number) => void,
+  onTarBytes: (bytes: number) => void,
 ): AsyncIterable<SourceEntry> {
   switch (source.kind) {
     case 'dir':
@@ -115,7 +149,7 @@ function entriesOf(
           onBytes(total);
         },
       });
-      return readTar(stream, { signal: options.signal });
+      return readTar(countBytes(stream, onTarBytes), { signal: options.signal });
     }
   }
 }
@@ -153,11 +187,25 @@ async function* openTarFile(path: string, signal: AbortSignal | undefined): Asyn
   }
 }
 
+/** Passes chunks through, reporting the running total (the uncompressed tar's size, for index mode). */
+async function* countBytes(
+  input: AsyncIterable<Uint8Array>,
+  onTotal: (bytes: number) => void,
+): AsyncGenerator<Uint8Array> {
+  let total = 0;
+  for await (const chunk of input) {
+    total += chunk.byteLength;
+    onTotal(total);
+    yield chunk;
+  }
+}
+
 async function addEntry(
   tree: TreeBuilder,
   writer: ImageWriter,
   entry: SourceEntry,
   sourceName: string,
+  index: boolean,
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const origin = { source: sourceName, offset: entry.headerOffset };
@@ -179,10 +227,16 @@ async function addEntry(
       break;
     case 'file': {
       // Only real entries keep data; a whiteout's body (normally empty) is skipped by the reader.
-      const content =
-        classified.kind === 'entry'
-          ? await writer.writeFileData(entry.body(), entry.size, xattrBodySize(entry.xattrs), { signal })
-          : EMPTY_CONTENT;
+      let content: FileContent = EMPTY_CONTENT;
+      if (classified.kind === 'entry' && index) {
+        if (entry.dataOffset === undefined)
+          throw new ErofsOciError('internal', 'index mode needs tar data offsets');
+        content = { kind: 'external', size: entry.size, offset: entry.dataOffset };
+      } else if (classified.kind === 'entry') {
+        content = await writer.writeFileData(entry.body(), entry.size, xattrBodySize(entry.xattrs), {
+          signal,
+        });
+      }
       node = { kind: 'leaf', leaf: { kind: 'file', ...attributes, content } };
       break;
     }

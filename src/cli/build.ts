@@ -20,6 +20,9 @@ Options:
   --uuid U|clear      volume UUID (default: random; clear = all zero)
   --label NAME        volume name (at most 16 bytes)
   --strip-whiteouts   single layer: drop whiteouts instead of keeping them in overlayfs form
+  --mode full|index   full (default): file data inside the image; index: metadata only, one tar
+                      layer, 512-byte blocks, data addressed in the uncompressed tar so that
+                      [image][uncompressed tar] is a mountable filesystem
   --block-size N      4096 (default), 2048, 1024 or 512
   --quiet             no progress and no summary on stderr
   --json              print a JSON summary on stdout
@@ -37,6 +40,7 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
       uuid: { type: 'string' },
       label: { type: 'string' },
       'strip-whiteouts': { type: 'boolean' },
+      mode: { type: 'string' },
       'block-size': { type: 'string' },
       quiet: { type: 'boolean', short: 'q' },
       json: { type: 'boolean' },
@@ -56,12 +60,16 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
   const sources = positionals.slice(0, -1).map((s) => parseBuildSource(s, io));
   if (sources.filter((s) => s.kind === 'tar-stream').length > 1)
     throw new ErofsOciError('usage', 'only one source can read stdin');
-  const blockSize = parseBlockSize(values['block-size']);
+  const blockSize = values['block-size'] === undefined ? undefined : parseBlockSize(values['block-size']);
+  const mode = values.mode ?? 'full';
+  if (mode !== 'full' && mode !== 'index')
+    throw new ErofsOciError('usage', `--mode must be full or index, not ${mode}`);
   const progress =
     values.quiet || !io.stderrIsTty ? undefined : new Progress(io.stderr, sources.map(sourceName));
   const summary = await build({
     sources,
     output,
+    mode: { kind: mode },
     blockSize,
     timestamp: values.timestamp === undefined ? undefined : parseTimestamp(values.timestamp),
     uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
@@ -81,6 +89,7 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
         blockSize: summary.blockSize,
         blocks: summary.blocks,
         imageSize: summary.bytes,
+        ...(summary.tarSize === undefined ? {} : { tarSize: summary.tarSize }),
         seconds: Number(summary.seconds.toFixed(3)),
       })}\n`,
     );
