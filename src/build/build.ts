@@ -13,12 +13,15 @@ import { type Attributes, EMPTY_CONTENT, type FileContent, type Leaf } from '../
 import { decompress } from '../io/decompress.ts';
 import { readTar } from '../tar/reader.ts';
 import { readDirectory } from './dir-source.ts';
+import { Prefetcher } from './prefetch.ts';
 import type { SourceEntry } from './source-entry.ts';
 
 export type BuildSource =
   | { kind: 'tar'; path: string }
   | { kind: 'tar-stream'; name: string; stream: AsyncIterable<Uint8Array> }
-  | { kind: 'dir'; path: string };
+  | { kind: 'dir'; path: string }
+  /** A layer opened on demand (a registry or layout blob); several are downloaded ahead of their turn. */
+  | { kind: 'lazy'; name: string; open(signal: AbortSignal): AsyncIterable<Uint8Array> };
 
 /**
  * `full`: file data inside the image. `index`: metadata only, file data addressed in the layer's
@@ -43,6 +46,8 @@ export interface BuildOptions {
    */
   whiteouts?: WhiteoutMode;
   signal?: AbortSignal;
+  /** Lazy sources transferring at once, the one being applied included (default 3). */
+  prefetch?: number;
   onWarning?: (message: string) => void;
   /** Progress of source `index`: bytes read from it so far (compressed bytes for compressed tars). */
   onProgress?: (index: number, bytes: number) => void;
@@ -90,17 +95,27 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
     blockSize: index ? 512 : (options.blockSize ?? 4096),
     ...(index ? { externalDevice: {} } : {}),
   });
+  const prefetcher = new Prefetcher(
+    options.sources.map((s) => (s.kind === 'lazy' ? s : null)),
+    {
+      concurrency: options.prefetch ?? 3,
+      directory: dirname(options.output),
+      signal: options.signal,
+      onBytes: (index, bytes) => options.onProgress?.(index, bytes),
+    },
+  );
   try {
     const tree = new TreeBuilder({ whiteouts });
     let tarSize = 0;
     for (const [sourceIndex, source] of options.sources.entries()) {
       tree.beginLayer();
-      const name = source.kind === 'tar-stream' ? source.name : source.path;
+      const name = sourceName(source);
       const onBytes = (bytes: number) => options.onProgress?.(sourceIndex, bytes);
       const onTarBytes = (bytes: number) => {
         tarSize = bytes;
       };
-      for await (const entry of entriesOf(source, options, onBytes, onTarBytes)) {
+      const lazy = source.kind === 'lazy' ? prefetcher.stream(sourceIndex) : undefined;
+      for await (const entry of entriesOf(source, options, onBytes, onTarBytes, lazy)) {
         throwIfAborted(options.signal);
         await addEntry(tree, writer, entry, name, index, options.signal);
       }
@@ -126,7 +141,13 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
   } catch (error) {
     writer.discard();
     throw error;
+  } finally {
+    await prefetcher.close();
   }
+}
+
+export function sourceName(source: BuildSource): string {
+  return source.kind === 'tar-stream' || source.kind === 'lazy' ? source.name : source.path;
 }
 
 function entriesOf(
@@ -134,10 +155,18 @@ function entriesOf(
   options: BuildOptions,
   onBytes: (bytes: number) => void,
   onTarBytes: (bytes: number) => void,
+  lazy: AsyncIterable<Uint8Array> | undefined,
 ): AsyncIterable<SourceEntry> {
   switch (source.kind) {
     case 'dir':
       return readDirectory(source.path, { signal: options.signal, onWarning: options.onWarning });
+    case 'lazy':
+      return readTar(
+        countBytes(decompress(lazy as AsyncIterable<Uint8Array>, { signal: options.signal }), onTarBytes),
+        {
+          signal: options.signal,
+        },
+      );
     case 'tar':
     case 'tar-stream': {
       const raw = source.kind === 'tar' ? openTarFile(source.path, options.signal) : source.stream;

@@ -1,9 +1,18 @@
 /** `erofs-oci build [options] SOURCE... OUTPUT` */
 import { parseArgs } from 'node:util';
-import { build, type BuildSource } from '../build/build.ts';
+import { type BuildSource, type BuildSummary, build, sourceName } from '../build/build.ts';
 import type { BlockSize } from '../erofs/writer.ts';
 import { ErofsOciError } from '../errors.ts';
+import type { ImageSource, LayerDescriptor } from '../oci/index.ts';
 import type { CommandIo } from './io.ts';
+import {
+  isImageReference,
+  joinNegativeLayer,
+  openImageFromOptions,
+  registryHelp,
+  registryOptions,
+  selectLayers,
+} from './registry-options.ts';
 import { formatBytes, Progress } from './progress.ts';
 
 export const buildHelp = `Usage: erofs-oci build [options] SOURCE... OUTPUT
@@ -11,8 +20,11 @@ export const buildHelp = `Usage: erofs-oci build [options] SOURCE... OUTPUT
 Writes an EROFS image of SOURCE (several tar: sources are stacked in order, whiteouts applied).
 
 Sources:
+  [docker://]HOST/REPO[:TAG][@DIGEST]   an image in a registry (docker.io when no host is given)
+  oci:DIR[:TAG|@DIGEST], oci-archive:FILE[:TAG], docker-archive:FILE   local image layouts
   tar:FILE            a layer tarball (plain, gzip or zstd, detected by magic); tar:- reads stdin
   dir:PATH            a local directory tree
+An image gives all its layers merged, whiteouts applied; --layer/--blob give one layer.
 
 Options:
   --timestamp T       build time in seconds since the epoch (default: $SOURCE_DATE_EPOCH, else now);
@@ -28,11 +40,12 @@ Options:
   --json              print a JSON summary on stdout
   --debug             show the causes of errors
   -h, --help          this help
-`;
+
+${registryHelp}`;
 
 export async function buildCommand(args: string[], io: CommandIo): Promise<number> {
   const { values, positionals } = parseArgs({
-    args,
+    args: joinNegativeLayer(args),
     allowPositionals: true,
     strict: true,
     options: {
@@ -46,6 +59,7 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
       json: { type: 'boolean' },
       debug: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
+      ...registryOptions,
     },
   });
   if (values.help) {
@@ -57,34 +71,92 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
       hint: 'see erofs-oci build --help',
     });
   const output = positionals[positionals.length - 1] as string;
-  const sources = positionals.slice(0, -1).map((s) => parseBuildSource(s, io));
-  if (sources.filter((s) => s.kind === 'tar-stream').length > 1)
-    throw new ErofsOciError('usage', 'only one source can read stdin');
-  const blockSize = values['block-size'] === undefined ? undefined : parseBlockSize(values['block-size']);
-  const mode = values.mode ?? 'full';
-  if (mode !== 'full' && mode !== 'index')
-    throw new ErofsOciError('usage', `--mode must be full or index, not ${mode}`);
-  const progress =
-    values.quiet || !io.stderrIsTty ? undefined : new Progress(io.stderr, sources.map(sourceName));
-  const summary = await build({
-    sources,
-    output,
-    mode: { kind: mode },
-    blockSize,
-    timestamp: values.timestamp === undefined ? undefined : parseTimestamp(values.timestamp),
-    uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
-    label: values.label,
-    whiteouts: values['strip-whiteouts'] ? 'strip' : undefined,
-    signal: io.signal,
-    onWarning: (message) => io.stderr.write(`erofs-oci: warning: ${message}\n`),
-    onProgress: progress ? (index, bytes) => progress.update(index, bytes) : undefined,
-  });
-  progress?.done();
+  const sourceArgs = positionals.slice(0, -1);
+  const images = sourceArgs.filter(isImageReference);
+  if (images.length > 0 && sourceArgs.length > 1) {
+    throw new ErofsOciError('usage', 'an image source cannot be combined with other sources');
+  }
+  let image: ImageSource | undefined;
+  let layers: LayerDescriptor[] = [];
+  let sources: BuildSource[];
+  try {
+    if (images.length === 1) {
+      image = await openImageFromOptions(images[0] as string, values, io);
+      layers = selectLayers(await image.layers({ signal: io.signal }), values);
+      for (const layer of layers) {
+        if (layer.format.kind !== 'tar') {
+          throw new ErofsOciError(
+            'unsupported',
+            `layer ${layer.digest} (${layer.mediaType}) is already EROFS, not a tar layer`,
+          );
+        }
+      }
+      const source = image;
+      sources = layers.map((layer) => ({
+        kind: 'lazy',
+        name: layer.digest,
+        open: (signal: AbortSignal) => source.openBlob(layer, { signal }),
+      }));
+    } else {
+      if (values.layer !== undefined || values.blob !== undefined) {
+        throw new ErofsOciError('usage', '--layer and --blob select layers of an image source');
+      }
+      sources = sourceArgs.map((s) => parseBuildSource(s, io));
+    }
+    if (sources.filter((s) => s.kind === 'tar-stream').length > 1) {
+      throw new ErofsOciError('usage', 'only one source can read stdin');
+    }
+    const blockSize = values['block-size'] === undefined ? undefined : parseBlockSize(values['block-size']);
+    const mode = values.mode ?? 'full';
+    if (mode !== 'full' && mode !== 'index')
+      throw new ErofsOciError('usage', `--mode must be full or index, not ${mode}`);
+    const progress =
+      values.quiet || !io.stderrIsTty ? undefined : new Progress(io.stderr, sources.map(sourceName));
+    // An image without --layer/--blob is merged even when it has one layer; one selected layer keeps its
+    // whiteouts in overlay form (SPEC §2).
+    const whiteouts = values['strip-whiteouts']
+      ? 'strip'
+      : image && values.layer === undefined && values.blob === undefined
+        ? 'apply'
+        : undefined;
+    const summary = await build({
+      sources,
+      output,
+      mode: { kind: mode },
+      blockSize,
+      timestamp: values.timestamp === undefined ? undefined : parseTimestamp(values.timestamp),
+      uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
+      label: values.label,
+      whiteouts,
+      signal: io.signal,
+      onWarning: (message) => io.stderr.write(`erofs-oci: warning: ${message}\n`),
+      onProgress: progress ? (index, bytes) => progress.update(index, bytes) : undefined,
+    });
+    progress?.done();
+    report(summary, sources, layers, values, io);
+  } finally {
+    await image?.close();
+  }
+  return 0;
+}
+
+function report(
+  summary: BuildSummary,
+  sources: BuildSource[],
+  layers: LayerDescriptor[],
+  values: { json?: boolean; quiet?: boolean },
+  io: CommandIo,
+): void {
   if (values.json) {
     io.stdout.write(
       `${JSON.stringify({
         output: summary.output,
-        layers: sources.map((s) => ({ source: sourceName(s) })),
+        layers: sources.map((s, i) => ({
+          source: sourceName(s),
+          ...(layers[i]
+            ? { digest: layers[i].digest, size: layers[i].size, mediaType: layers[i].mediaType }
+            : {}),
+        })),
         inodes: summary.inodes,
         blockSize: summary.blockSize,
         blocks: summary.blocks,
@@ -99,11 +171,6 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
       `${summary.output}: ${summary.inodes} inodes, ${formatBytes(summary.bytes)} in ${summary.seconds.toFixed(2)} s\n`,
     );
   }
-  return 0;
-}
-
-function sourceName(source: BuildSource): string {
-  return source.kind === 'tar-stream' ? source.name : source.path;
 }
 
 export function parseBuildSource(value: string, io: CommandIo): BuildSource {
@@ -118,9 +185,7 @@ export function parseBuildSource(value: string, io: CommandIo): BuildSource {
     if (path === '') throw new ErofsOciError('usage', 'dir: needs a directory');
     return { kind: 'dir', path };
   }
-  throw new ErofsOciError('unsupported', `source ${JSON.stringify(value)} is not supported yet by build`, {
-    hint: 'use tar:FILE or dir:PATH',
-  });
+  throw new ErofsOciError('usage', `unknown source ${JSON.stringify(value)}`);
 }
 
 export function parseBlockSize(value: string | undefined): BlockSize {

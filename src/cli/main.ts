@@ -86,7 +86,9 @@ function isParseArgsError(error: unknown): boolean {
 
 function reportError(command: string, error: unknown, io: CommandIo, debug: boolean): void {
   if (isParseArgsError(error)) {
-    io.stderr.write(`erofs-oci: ${command}: ${(error as Error).message}\nsee erofs-oci ${command} --help\n`);
+    // Node's own messages run over several sentences; one line names the problem and where help is.
+    const message = (error as Error).message.split('. ')[0]?.replace(/^Unknown option/, 'unknown option');
+    io.stderr.write(`erofs-oci: ${command}: ${message} (see erofs-oci ${command} --help)\n`);
     return;
   }
   if (error instanceof ErofsOciError) {

@@ -561,8 +561,10 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
     }
   }
 
-  // Meta area: assign nids. An inode and its inline data never cross a block boundary.
-  let position = 0;
+  // Meta area: assign nids. An inode and its inline data never cross a block boundary. The kernel uses the
+  // nid as the inode number, and inode number 0 reads as "no inode" to user space (readdir d_ino 0), so
+  // the first slot stays empty.
+  let position = INODE_SLOT_SIZE;
   for (const inode of inodes) {
     position = alignUp(position, INODE_SLOT_SIZE);
     let recordSize = inode.isize + (inode.xattrBody?.byteLength ?? 0);

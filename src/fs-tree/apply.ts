@@ -221,6 +221,15 @@ export class TreeBuilder {
     for (const part of splitPath(target, origin)) {
       node = node?.kind === 'dir' ? node.entries.get(part) : undefined;
     }
+    if (!node && this.#whiteouts !== 'apply') {
+      // A layer on its own (overlay form) cannot point into the layers below it.
+      const error = entryError(
+        `hardlink target ${quote(target)} is not in this layer (it may be in a lower layer, which a single-layer image cannot reference)`,
+        path,
+        origin,
+      );
+      throw new ErofsOciError('unsupported', error.message);
+    }
     if (!node) throw entryError(`hardlink target ${quote(target)} does not exist`, path, origin);
     if (node.kind === 'dir')
       throw entryError(`hardlink target ${quote(target)} is a directory`, path, origin);
