@@ -1,4 +1,5 @@
 /** `erofs-oci build [options] SOURCE... OUTPUT` */
+import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { type BuildSource, type BuildSummary, build, sourceName } from '../build/build.ts';
 import type { BlockSize } from '../erofs/writer.ts';
@@ -111,7 +112,15 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
     if (mode !== 'full' && mode !== 'index')
       throw new ErofsOciError('usage', `--mode must be full or index, not ${mode}`);
     const progress =
-      values.quiet || !io.stderrIsTty ? undefined : new Progress(io.stderr, sources.map(sourceName));
+      values.quiet || !io.stderrIsTty
+        ? undefined
+        : new Progress(
+            io.stderr,
+            sources.map((source, i) => ({
+              name: sourceName(source),
+              total: layers[i]?.size ?? totalOf(source),
+            })),
+          );
     // An image without --layer/--blob is merged even when it has one layer; one selected layer keeps its
     // whiteouts in overlay form (SPEC §2).
     const whiteouts = values['strip-whiteouts']
@@ -210,4 +219,13 @@ export function parseUuid(value: string): Uint8Array {
   const hex = value.replaceAll('-', '');
   if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new ErofsOciError('usage', `--uuid is not a UUID: ${value}`);
   return Buffer.from(hex, 'hex');
+}
+
+function totalOf(source: BuildSource): number | undefined {
+  if (source.kind !== 'tar') return undefined;
+  try {
+    return statSync(source.path).size;
+  } catch {
+    return undefined; // missing files are reported by the build itself
+  }
 }

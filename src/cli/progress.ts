@@ -1,19 +1,30 @@
-/** One line per source on a terminal: bytes done, rate. Redrawn at most a few times a second. */
+/**
+ * Progress on a terminal: one line per source with bytes done / total, rate, ETA and state, redrawn in
+ * place at most five times a second.
+ */
+export interface ProgressItem {
+  name: string;
+  /** Total bytes, when known (registry layers: the compressed blob size). */
+  total?: number;
+}
+
 export class Progress {
   readonly #out: NodeJS.WritableStream;
-  readonly #names: string[];
+  readonly #items: ProgressItem[];
   readonly #bytes: number[];
-  readonly #started = performance.now();
+  readonly #started: number[];
   #lastDraw = 0;
   #drawn = false;
 
-  constructor(out: NodeJS.WritableStream, names: string[]) {
+  constructor(out: NodeJS.WritableStream, items: ProgressItem[]) {
     this.#out = out;
-    this.#names = names;
-    this.#bytes = names.map(() => 0);
+    this.#items = items;
+    this.#bytes = items.map(() => 0);
+    this.#started = items.map(() => 0);
   }
 
   update(index: number, bytes: number): void {
+    if (this.#started[index] === 0) this.#started[index] = performance.now();
     this.#bytes[index] = bytes;
     const now = performance.now();
     if (now - this.#lastDraw < 200) return;
@@ -22,14 +33,24 @@ export class Progress {
   }
 
   done(): void {
-    if (this.#drawn) this.#draw();
+    if (this.#drawn) this.#draw(true);
   }
 
-  #draw(): void {
-    const seconds = (performance.now() - this.#started) / 1000;
-    const lines = this.#names.map((name, i) => {
+  #draw(final = false): void {
+    const now = performance.now();
+    const lines = this.#items.map((item, i) => {
       const bytes = this.#bytes[i] ?? 0;
-      return `${name}: ${formatBytes(bytes)} read, ${formatBytes(bytes / Math.max(seconds, 0.001))}/s`;
+      const started = this.#started[i] ?? 0;
+      const seconds = started === 0 ? 0 : (now - started) / 1000;
+      const rate = seconds > 0 ? bytes / seconds : 0;
+      const total = item.total;
+      const complete = final || (total !== undefined && bytes >= total);
+      const state = complete ? 'done' : started === 0 ? 'waiting' : 'reading';
+      const amount =
+        total === undefined ? formatBytes(bytes) : `${formatBytes(bytes)} / ${formatBytes(total)}`;
+      const eta =
+        !complete && total !== undefined && rate > 0 ? `, ${Math.ceil((total - bytes) / rate)} s left` : '';
+      return `${item.name}: ${state} ${amount}${rate > 0 ? `, ${formatBytes(rate)}/s` : ''}${eta}`;
     });
     const up = this.#drawn ? `\x1b[${lines.length}A` : '';
     this.#out.write(`${up}${lines.map((l) => `\x1b[2K${l}\n`).join('')}`);
