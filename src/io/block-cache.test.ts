@@ -1,0 +1,472 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { ErofsOciError, isErofsOciError } from '../errors.ts';
+import { createBlockCache, openBlockCache, type RangeFetch } from './block-cache.ts';
+
+interface Origin {
+  fetch: RangeFetch;
+  /** Every fetch asked for, in order. */
+  calls: [number, number][];
+}
+
+/** A range fetch over `bytes` that records its calls and answers after a random short delay. */
+function origin(
+  bytes: Uint8Array,
+  options: { jitter?: () => number; fail?: (call: number) => Error | null } = {},
+): Origin {
+  const calls: [number, number][] = [];
+  return {
+    calls,
+    async fetch(offset, length, signal) {
+      const call = calls.length;
+      calls.push([offset, length]);
+      const wait = options.jitter?.() ?? 0;
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      else await Promise.resolve();
+      if (signal?.aborted) throw new ErofsOciError('aborted', 'aborted');
+      const failure = options.fail?.(call);
+      if (failure) throw failure;
+      if (offset < 0 || length < 0 || offset + length > bytes.byteLength)
+        throw new Error(`fetch out of range ${offset}+${length}`);
+      return bytes.slice(offset, offset + length);
+    },
+  };
+}
+
+/** Random bytes as a plain Uint8Array (what the cache returns), so deep equality compares bytes only. */
+function random(length: number): Uint8Array {
+  return new Uint8Array(randomBytes(length));
+}
+
+const unavailable = () => new ErofsOciError('unavailable', 'registry returned 503');
+
+test('createBlockCache returns exactly the source bytes for random concurrent reads', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.record({
+        size: fc.integer({ min: 0, max: 40_000 }),
+        blockSize: fc.constantFrom(512, 1000, 4096),
+        memoryBytes: fc.constantFrom(0, 2048, 1 << 20),
+        readahead: fc.constantFrom(false as const, { initial: 512, max: 4096 }),
+        parallel: fc.integer({ min: 1, max: 4 }),
+        maxFetchBytes: fc.constantFrom(512, 3000, 16_384),
+        seed: fc.integer(),
+      }),
+      fc.array(fc.array(fc.tuple(fc.nat(), fc.nat({ max: 9000 })), { minLength: 1, maxLength: 6 }), {
+        minLength: 1,
+        maxLength: 5,
+      }),
+      async (config, batches) => {
+        const bytes = new Uint8Array(config.size).map((_, i) => (i * 31 + config.seed) & 0xff);
+        let rng = config.seed;
+        // Seeded delays of 0-2 ms, so fetches complete out of order but reproducibly.
+        const jitter = () => {
+          rng = (Math.imul(rng, 1103515245) + 12345) & 0x7fffffff;
+          return rng % 3;
+        };
+        const source = origin(bytes, { jitter });
+        const cache = createBlockCache(source.fetch, { ...config, retries: 0 });
+        for (const batch of batches) {
+          // Reads of one batch are in flight together.
+          const reads = batch.map(([a, b]) => {
+            const offset = config.size === 0 ? 0 : a % (config.size + 1);
+            const length = Math.min(b, config.size - offset);
+            return cache
+              .read(offset, length)
+              .then((got) => assert.deepEqual(got, bytes.slice(offset, offset + length)));
+          });
+          await Promise.all(reads);
+        }
+        for (const [offset, length] of source.calls) {
+          assert.equal(offset % config.blockSize, 0, `fetch at ${offset} is block-aligned`);
+          assert.ok(offset + length <= config.size, 'fetch within the object');
+          assert.ok(length <= Math.max(config.blockSize, config.maxFetchBytes), 'fetch bounded');
+        }
+        await cache.close();
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+test('createBlockCache fetches every block at most once while the memory budget holds it all', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 30_000 }),
+      fc.array(fc.array(fc.tuple(fc.nat(), fc.nat({ max: 6000 })), { minLength: 1, maxLength: 8 }), {
+        maxLength: 5,
+      }),
+      async (size, batches) => {
+        const bytes = random(size);
+        const source = origin(bytes, { jitter: () => Math.floor(Math.random() * 3) });
+        const cache = createBlockCache(source.fetch, {
+          size,
+          blockSize: 1024,
+          readahead: false,
+          parallel: 2,
+        });
+        for (const batch of batches) {
+          await Promise.all(
+            batch.map(([a, b]) => {
+              const offset = a % size;
+              const length = Math.min(b, size - offset);
+              return cache
+                .read(offset, length)
+                .then((got) => assert.deepEqual(got, bytes.subarray(offset, offset + length)));
+            }),
+          );
+        }
+        const fetchedBlocks = source.calls.flatMap(([offset, length]) =>
+          Array.from({ length: Math.ceil(length / 1024) }, (_, i) => offset / 1024 + i),
+        );
+        assert.equal(new Set(fetchedBlocks).size, fetchedBlocks.length, 'no block fetched twice');
+        assert.equal(
+          cache.stats().bytesFetched,
+          source.calls.reduce((n, [, length]) => n + length, 0),
+        );
+        await cache.close();
+      },
+    ),
+    { numRuns: 200 },
+  );
+});
+
+test('createBlockCache coalesces concurrent reads of one block into one fetch', async () => {
+  const bytes = random(10_000);
+  const source = origin(bytes, { jitter: () => 5 });
+  const cache = createBlockCache(source.fetch, { size: bytes.byteLength, blockSize: 4096, readahead: false });
+  const reads = Array.from({ length: 20 }, (_, i) => cache.read(4096 + i * 10, 100));
+  const results = await Promise.all(reads);
+  for (const [i, got] of results.entries())
+    assert.deepEqual(got, bytes.subarray(4096 + i * 10, 4196 + i * 10));
+  assert.deepEqual(source.calls, [[4096, 4096]]);
+  assert.equal(cache.stats().joined, 19);
+});
+
+test('createBlockCache fetches adjacent missing blocks as one bounded range and serves repeats from memory', async () => {
+  const bytes = random(100_000);
+  const source = origin(bytes);
+  const cache = createBlockCache(source.fetch, {
+    size: bytes.byteLength,
+    blockSize: 1000,
+    readahead: false,
+    maxFetchBytes: 8000,
+  });
+  assert.deepEqual(await cache.read(3500, 2000), bytes.subarray(3500, 5500));
+  assert.deepEqual(source.calls, [[3000, 3000]]);
+  // Blocks 3..5 are cached; 0..2 and 6..19 are fetched as [0,3) and [6,14) and [14,20) (8 blocks at most).
+  assert.deepEqual(await cache.read(0, 20_000), bytes.subarray(0, 20_000));
+  assert.deepEqual(source.calls.slice(1), [
+    [0, 3000],
+    [6000, 8000],
+    [14_000, 6000],
+  ]);
+  assert.deepEqual(await cache.read(100, 19_000), bytes.subarray(100, 19_100));
+  assert.equal(source.calls.length, 4);
+  // The last block is short.
+  assert.deepEqual(await cache.read(99_990, 10), bytes.subarray(99_990));
+  assert.deepEqual(source.calls.at(-1), [99_000, 1000]);
+});
+
+test('createBlockCache evicts least recently used blocks beyond the memory budget', async () => {
+  const bytes = random(8192);
+  const source = origin(bytes);
+  const cache = createBlockCache(source.fetch, {
+    size: 8192,
+    blockSize: 1024,
+    memoryBytes: 2048,
+    readahead: false,
+  });
+  await cache.read(0, 1); // block 0
+  await cache.read(1024, 1); // block 1
+  await cache.read(0, 1); // block 0 becomes most recent
+  await cache.read(2048, 1); // block 2 evicts block 1
+  assert.equal(source.calls.length, 3);
+  await cache.read(0, 1);
+  assert.equal(source.calls.length, 3, 'block 0 still cached');
+  await cache.read(1024, 1);
+  assert.equal(source.calls.length, 4, 'block 1 was evicted');
+});
+
+test('createBlockCache retries transient failures with backoff and then succeeds', async () => {
+  const bytes = random(5000);
+  const source = origin(bytes, { fail: (call) => (call < 2 ? unavailable() : null) });
+  const cache = createBlockCache(source.fetch, {
+    size: 5000,
+    blockSize: 1024,
+    retries: 3,
+    retryDelayMs: 1,
+    readahead: false,
+  });
+  assert.deepEqual(await cache.read(10, 3000), bytes.subarray(10, 3010));
+  assert.equal(source.calls.length, 3);
+  assert.equal(cache.stats().retries, 2);
+});
+
+test('createBlockCache rejects after bounded retries, never returns zeros, and fetches again later', async () => {
+  const bytes = random(5000);
+  let failing = true;
+  const source = origin(bytes, { fail: () => (failing ? unavailable() : null) });
+  const cache = createBlockCache(source.fetch, {
+    size: 5000,
+    blockSize: 1024,
+    retries: 2,
+    retryDelayMs: 1,
+    readahead: false,
+  });
+  await assert.rejects(cache.read(0, 100), (error) => {
+    assert.ok(isErofsOciError(error, 'unavailable'));
+    assert.equal(
+      error.message,
+      'Cannot fetch 1024 bytes at offset 0 after 3 attempts: registry returned 503',
+    );
+    return true;
+  });
+  assert.equal(source.calls.length, 3);
+  failing = false;
+  assert.deepEqual(await cache.read(0, 100), bytes.subarray(0, 100));
+});
+
+test('createBlockCache does not retry digest mismatches, missing blobs or refused credentials', async () => {
+  for (const code of ['digest-mismatch', 'not-found', 'auth'] as const) {
+    const source = origin(new Uint8Array(100), { fail: () => new ErofsOciError(code, `${code} happened`) });
+    const cache = createBlockCache(source.fetch, { size: 100, blockSize: 512, retries: 5, retryDelayMs: 1 });
+    await assert.rejects(cache.read(0, 10), { code, message: `${code} happened` });
+    assert.equal(source.calls.length, 1, code);
+  }
+});
+
+test('createBlockCache rejects a fetch that returns the wrong number of bytes', async () => {
+  const cache = createBlockCache(async () => new Uint8Array(10), {
+    size: 4096,
+    blockSize: 1024,
+    retries: 1,
+    retryDelayMs: 1,
+  });
+  await assert.rejects(cache.read(0, 100), {
+    code: 'io',
+    message:
+      'Cannot fetch 1024 bytes at offset 0 after 2 attempts: the fetch returned 10 bytes instead of 1024',
+  });
+});
+
+test('createBlockCache rejects ranges beyond the end and honours an aborted signal', async () => {
+  const source = origin(new Uint8Array(1000));
+  const cache = createBlockCache(source.fetch, { size: 1000, blockSize: 512 });
+  await assert.rejects(cache.read(990, 11), {
+    code: 'corrupt',
+    message: 'Cannot read 11 bytes at offset 990 of a 1000-byte object',
+  });
+  await assert.rejects(cache.read(0, 1, { signal: AbortSignal.abort() }), { code: 'aborted' });
+  assert.deepEqual(await cache.read(1000, 0), new Uint8Array(0));
+  assert.equal(source.calls.length, 0);
+});
+
+test('createBlockCache lets a reader give up while the shared fetch completes for others', async () => {
+  const bytes = random(2048);
+  const source = origin(bytes, { jitter: () => 20 });
+  const cache = createBlockCache(source.fetch, { size: 2048, blockSize: 1024, readahead: false });
+  const controller = new AbortController();
+  const abandoned = cache.read(0, 10, { signal: controller.signal });
+  const patient = cache.read(5, 10);
+  controller.abort();
+  await assert.rejects(abandoned, { code: 'aborted' });
+  assert.deepEqual(await patient, bytes.subarray(5, 15));
+  assert.equal(source.calls.length, 1);
+});
+
+test('createBlockCache reads ahead of a sequential stream with a growing window', async () => {
+  const size = 4 << 20;
+  const bytes = random(size);
+  const source = origin(bytes, { jitter: () => 1 });
+  const cache = createBlockCache(source.fetch, {
+    size,
+    blockSize: 64 * 1024,
+    readahead: { initial: 64 * 1024, max: 1 << 20 },
+    maxFetchBytes: 1 << 20,
+  });
+  const chunk = 32 * 1024;
+  for (let offset = 0; offset < size; offset += chunk) {
+    assert.deepEqual(await cache.read(offset, chunk), bytes.subarray(offset, offset + chunk));
+  }
+  const stats = cache.stats();
+  assert.ok(stats.readaheadBlocks > 50, `most blocks were read ahead (${stats.readaheadBlocks})`);
+  assert.ok(source.calls.length < 20, `few large fetches (${source.calls.length})`);
+  assert.ok(Math.max(...source.calls.map(([, length]) => length)) >= 512 * 1024, 'the window grew');
+  assert.equal(stats.bytesFetched, size, 'nothing fetched twice');
+
+  // Random reads do not trigger readahead.
+  const scattered = origin(bytes);
+  const cold = createBlockCache(scattered.fetch, {
+    size,
+    blockSize: 64 * 1024,
+    readahead: { initial: 64 * 1024, max: 1 << 20 },
+  });
+  for (const offset of [3_000_000, 100_000, 2_000_000, 700_000]) await cold.read(offset, 100);
+  assert.equal(cold.stats().readaheadBlocks, 0);
+  assert.equal(scattered.calls.length, 4);
+});
+
+test('createBlockCache serves demand reads before queued readahead', async () => {
+  const size = 1 << 20;
+  const bytes = random(size);
+  const order: number[] = [];
+  const cache = createBlockCache(
+    async (offset, length) => {
+      order.push(offset);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      return bytes.slice(offset, offset + length);
+    },
+    { size, blockSize: 4096, parallel: 1, readahead: { initial: 65_536, max: 65_536 }, maxFetchBytes: 4096 },
+  );
+  // Offset 0 starts a stream: block 0 is fetched on demand and 16 blocks of readahead are queued.
+  await cache.read(0, 10);
+  // A random read arriving now overtakes the queued readahead.
+  const jump = cache.read(800_000, 10);
+  assert.deepEqual(await jump, bytes.subarray(800_000, 800_010));
+  assert.ok(
+    order.indexOf(Math.floor(800_000 / 4096) * 4096) <= 3,
+    `demand fetch ran early: ${order.slice(0, 5)}`,
+  );
+  await cache.close();
+});
+
+async function withDir(run: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'block-cache-'));
+  try {
+    await run(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+test('openBlockCache keeps fetched blocks on disk and a re-opened cache reads them with zero fetches', async () => {
+  await withDir(async (dir) => {
+    const cacheDir = join(dir, 'cache');
+    const size = 300_000;
+    const bytes = random(size);
+    const ranges: [number, number][] = [
+      [0, 5000],
+      [100_000, 50_000],
+      [299_000, 1000],
+    ];
+    const first = origin(bytes);
+    const cache = await openBlockCache(first.fetch, {
+      size,
+      blockSize: 4096,
+      cacheDir,
+      cacheId: 'sha256:abc',
+      readahead: false,
+    });
+    for (const [offset, length] of ranges)
+      assert.deepEqual(await cache.read(offset, length), bytes.subarray(offset, offset + length));
+    await cache.close();
+    assert.ok(first.calls.length > 0);
+
+    assert.equal((await stat(cacheDir)).mode & 0o777, 0o700);
+    const files = await readdir(cacheDir);
+    assert.equal(files.length, 2, `data and record only, lock released: ${files}`);
+    for (const file of files) assert.equal((await stat(join(cacheDir, file))).mode & 0o777, 0o600, file);
+
+    const offline = origin(bytes, { fail: () => unavailable() });
+    const reopened = await openBlockCache(offline.fetch, {
+      size,
+      blockSize: 4096,
+      cacheDir,
+      cacheId: 'sha256:abc',
+      retries: 0,
+    });
+    for (const [offset, length] of ranges) {
+      assert.deepEqual(await reopened.read(offset, length), bytes.subarray(offset, offset + length));
+    }
+    assert.equal(offline.calls.length, 0, 'cached ranges need no fetch');
+    assert.ok(reopened.stats().diskHits > 0);
+    // An uncached range still needs the (failing) origin.
+    await assert.rejects(reopened.read(200_000, 10), { code: 'unavailable' });
+    await reopened.close();
+  });
+});
+
+test('openBlockCache refetches a disk block whose bytes no longer match their checksum', async () => {
+  await withDir(async (dir) => {
+    const size = 10_000;
+    const bytes = random(size);
+    const options = { size, blockSize: 4096, cacheDir: dir, cacheId: 'blob', readahead: false } as const;
+    const cache = await openBlockCache(origin(bytes).fetch, options);
+    await cache.read(0, size);
+    await cache.close();
+    const dataFile = (await readdir(dir)).find((name) => name.endsWith('.data')) as string;
+    const damaged = await readFile(join(dir, dataFile));
+    damaged[5000] = (damaged[5000] as number) ^ 0xff;
+    await writeFile(join(dir, dataFile), damaged);
+
+    const second = origin(bytes);
+    const reopened = await openBlockCache(second.fetch, options);
+    assert.deepEqual(await reopened.read(0, size), bytes);
+    assert.deepEqual(second.calls, [[4096, 4096]]);
+    await reopened.close();
+  });
+});
+
+test('openBlockCache starts afresh when the record is for another size or block size', async () => {
+  await withDir(async (dir) => {
+    const bytes = random(8192);
+    const cache = await openBlockCache(origin(bytes).fetch, {
+      size: 8192,
+      blockSize: 4096,
+      cacheDir: dir,
+      cacheId: 'x',
+    });
+    await cache.read(0, 8192);
+    await cache.close();
+    const other = random(6000);
+    const second = origin(other);
+    const reopened = await openBlockCache(second.fetch, {
+      size: 6000,
+      blockSize: 4096,
+      cacheDir: dir,
+      cacheId: 'x',
+      readahead: false,
+    });
+    assert.deepEqual(await reopened.read(0, 6000), other);
+    assert.equal(second.calls.length, 1);
+    await reopened.close();
+  });
+});
+
+test('openBlockCache refuses an entry in use and takes over one whose process died', async () => {
+  await withDir(async (dir) => {
+    const options = { size: 100, cacheDir: dir, cacheId: 'blob' };
+    const cache = await openBlockCache(origin(new Uint8Array(100)).fetch, options);
+    await assert.rejects(openBlockCache(origin(new Uint8Array(100)).fetch, options), (error) => {
+      assert.ok(isErofsOciError(error, 'usage'));
+      assert.match(
+        error.message,
+        /^Cannot open the disk cache in .* for blob: it is already open in this process$/,
+      );
+      return true;
+    });
+    await cache.close();
+    const lock = join(
+      dir,
+      `${(await readdir(dir)).find((n) => n.endsWith('.data'))?.replace('.data', '')}.lock`,
+    );
+    // pid 2^22+1 is above Linux's pid_max, so no process has it.
+    await writeFile(lock, `${2 ** 22 + 1}\n`);
+    const again = await openBlockCache(origin(new Uint8Array(100)).fetch, options);
+    await again.close();
+  });
+});
+
+test('openBlockCache needs a cache id with a cache directory', async () => {
+  await withDir(async (dir) => {
+    await assert.rejects(openBlockCache(origin(new Uint8Array(1)).fetch, { size: 1, cacheDir: dir }), {
+      code: 'usage',
+    });
+  });
+});
