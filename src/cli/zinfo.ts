@@ -1,0 +1,134 @@
+/** `erofs-oci zinfo [--span BYTES] INPUT OUTPUT` (SPEC §2) [mkfs.erofs --gzinfo] */
+import { createReadStream } from 'node:fs';
+import { open, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ErofsOciError } from '../errors.ts';
+import { buildZinfo, DEFAULT_SPAN, encodeZinfo } from '../gzip-index/index.ts';
+import type { CommandIo } from './io.ts';
+
+export const zinfoHelp = `Usage: erofs-oci zinfo [options] INPUT OUTPUT
+
+Builds a random-access index (zinfo) for a gzip stream: the AWS SOCI version 2 format, as mkfs.erofs
+--gzinfo writes it. INPUT is a gzip file, or - for stdin; OUTPUT a file, or - for stdout.
+
+Options:
+  --span BYTES   uncompressed bytes between checkpoints, at least (default 4M; suffixes K, M, G are
+                 KiB, MiB, GiB)
+  --json         print a JSON summary (sizes, checkpoints) on stdout; not with OUTPUT -
+  --debug        show the causes of errors
+  -h, --help     this help
+`;
+
+export async function zinfoCommand(
+  args: string[],
+  io: Pick<CommandIo, 'stdin' | 'stdout' | 'stderr'> & Partial<CommandIo>,
+): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      span: { type: 'string' },
+      json: { type: 'boolean' },
+      debug: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    io.stdout.write(zinfoHelp);
+    return 0;
+  }
+  if (positionals.length !== 2) {
+    throw new ErofsOciError('usage', 'zinfo needs an INPUT and an OUTPUT', {
+      hint: 'see erofs-oci zinfo --help',
+    });
+  }
+  const [input, output] = positionals as [string, string];
+  if (values.json && output === '-') throw new ErofsOciError('usage', '--json cannot be used with OUTPUT -');
+  const span = values.span === undefined ? DEFAULT_SPAN : parseSize(values.span);
+  const signal = io.signal;
+
+  const source: AsyncIterable<Uint8Array> = input === '-' ? io.stdin : readFile(input);
+  const result = await buildZinfo(source, { span, signal });
+  const bytes = encodeZinfo(result.zinfo);
+  if (output === '-') await writeStream(io.stdout, bytes);
+  else await writeFileAtomically(output, bytes);
+  if (values.json) {
+    io.stdout.write(
+      `${JSON.stringify({
+        output,
+        span,
+        checkpoints: result.zinfo.checkpoints.length,
+        members: result.members,
+        compressedSize: result.compressedSize,
+        uncompressedSize: result.uncompressedSize,
+        zinfoSize: bytes.byteLength,
+      })}\n`,
+    );
+  }
+  return 0;
+}
+
+const SUFFIXES: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
+
+/** `4194304`, `4M`, `64k`, `1G`, with an optional `i`/`iB`/`B`: powers of 1024, as mkfs tools take them. */
+export function parseSize(value: string): number {
+  const match = /^(\d+)\s*([kmg]?)(?:i?b)?$/i.exec(value.trim());
+  const n = match ? Number(match[1]) * SUFFIXES[match[2]!.toLowerCase()]! : Number.NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new ErofsOciError(
+      'usage',
+      `Invalid --span ${JSON.stringify(value)}: expected a positive size such as 4194304 or 4M`,
+    );
+  }
+  return n;
+}
+
+async function* readFile(path: string): AsyncGenerator<Uint8Array> {
+  try {
+    yield* createReadStream(path, { highWaterMark: 1024 * 1024 }) as AsyncIterable<Uint8Array>;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).syscall === undefined) throw error;
+    throw fileError(`Cannot read ${path}`, error);
+  }
+}
+
+/** Writes to OUTPUT.tmp-… beside it and renames on success, so a failure leaves no partial index. */
+async function writeFileAtomically(path: string, bytes: Uint8Array): Promise<void> {
+  const temporary = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
+  try {
+    const handle = await open(temporary, 'w', 0o644);
+    try {
+      await handle.writeFile(bytes);
+    } finally {
+      await handle.close();
+    }
+    await rename(temporary, path);
+  } catch (error) {
+    // The temporary file may not exist (open failed); its absence is what we want anyway.
+    await rm(temporary, { force: true });
+    throw fileError(`Cannot write ${path}`, error);
+  }
+}
+
+function writeStream(stream: NodeJS.WritableStream, bytes: Uint8Array): Promise<void> {
+  return new Promise((resolve, reject) => {
+    stream.write(bytes, (error) =>
+      error ? reject(fileError('Cannot write the zinfo to stdout', error)) : resolve(),
+    );
+  });
+}
+
+function fileError(action: string, error: unknown): ErofsOciError {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOENT')
+    return new ErofsOciError('not-found', `${action}: no such file or directory`, { cause: error });
+  if (code === 'EACCES' || code === 'EPERM') {
+    return new ErofsOciError('auth', `${action}: permission denied`, { cause: error });
+  }
+  if (code === 'EISDIR') return new ErofsOciError('usage', `${action}: it is a directory`, { cause: error });
+  return new ErofsOciError('io', `${action}: ${(error as Error)?.message ?? String(error)}`, {
+    cause: error,
+  });
+}
