@@ -36,6 +36,8 @@ Options:
   --mode full|index   full (default): file data inside the image; index: metadata only, one tar
                       layer, 512-byte blocks, data addressed in the uncompressed tar so that
                       [image][uncompressed tar] is a mountable filesystem
+  --zinfo FILE        index mode, gzip layer: also write its gzip index (zinfo) to FILE in the same pass
+  --span BYTES        uncompressed bytes between zinfo checkpoints (default 4 MiB)
   --block-size N      4096 (default), 2048, 1024 or 512
   --quiet             no progress and no summary on stderr
   --json              print a JSON summary on stdout
@@ -55,6 +57,8 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
       label: { type: 'string' },
       'strip-whiteouts': { type: 'boolean' },
       mode: { type: 'string' },
+      zinfo: { type: 'string' },
+      span: { type: 'string' },
       'block-size': { type: 'string' },
       quiet: { type: 'boolean', short: 'q' },
       json: { type: 'boolean' },
@@ -111,6 +115,8 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
     const mode = values.mode ?? 'full';
     if (mode !== 'full' && mode !== 'index')
       throw new ErofsOciError('usage', `--mode must be full or index, not ${mode}`);
+    if (mode !== 'index' && values.zinfo !== undefined)
+      throw new ErofsOciError('usage', '--zinfo goes with --mode index');
     const progress =
       values.quiet || !io.stderrIsTty
         ? undefined
@@ -131,7 +137,20 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
     const summary = await build({
       sources,
       output,
-      mode: { kind: mode },
+      mode:
+        mode === 'full'
+          ? { kind: 'full' }
+          : {
+              kind: 'index',
+              ...(values.zinfo === undefined
+                ? {}
+                : {
+                    zinfo: {
+                      path: values.zinfo,
+                      ...(values.span === undefined ? {} : { span: parseSpan(values.span) }),
+                    },
+                  }),
+            },
       blockSize,
       timestamp: values.timestamp === undefined ? undefined : parseTimestamp(values.timestamp),
       uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
@@ -228,4 +247,11 @@ function totalOf(source: BuildSource): number | undefined {
   } catch {
     return undefined; // missing files are reported by the build itself
   }
+}
+
+export function parseSpan(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n <= 0)
+    throw new ErofsOciError('usage', `--span must be a positive number of bytes, not ${value}`);
+  return n;
 }

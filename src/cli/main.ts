@@ -11,6 +11,14 @@ type Handler = (args: string[], io: CommandIo) => Promise<number>;
 
 const commands: Record<string, { summary: string; load: () => Promise<Handler> }> = {
   build: { summary: 'write an EROFS image from layers or a directory', load: async () => buildCommand },
+  serve: {
+    summary: 'export one layer as a lazily read NBD device',
+    load: async () => (await import('./serve.ts')).serveCommand,
+  },
+  zinfo: {
+    summary: 'build a random-access index (zinfo) of a gzip stream',
+    load: async () => (await import('./zinfo.ts')).zinfoCommand as Handler,
+  },
   inspect: {
     summary: 'show an EROFS image: superblock, listings, file metadata',
     load: async () => (await import('./inspect.ts')).inspectCommand as Handler,

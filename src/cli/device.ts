@@ -1,0 +1,125 @@
+/**
+ * The byte source a lazy export or mount serves for one layer: the layer blob read with HTTP range
+ * requests through a block cache, or the hybrid device `[index image][uncompressed tar]` whose tar part is
+ * inflated on demand from the gzip blob through its zinfo.
+ */
+import { readFile } from 'node:fs/promises';
+import { openImage } from '../erofs/reader.ts';
+import { ErofsOciError } from '../errors.ts';
+import { decodeZinfo, openZinfoSource } from '../gzip-index/index.ts';
+import { type BlockCache, openBlockCache } from '../io/block-cache.ts';
+import type { ByteSource } from '../io/byte-source.ts';
+import { concatSources } from '../io/concat-source.ts';
+import { type FileSource, openFileSource } from '../io/file-source.ts';
+import { blobByteSource, type ImageSource, isRangeReader, type LayerDescriptor } from '../oci/index.ts';
+
+export interface DeviceOptions {
+  /** Local index-mode image of the layer: export `[META][uncompressed tar]`. */
+  tarIndex?: string;
+  /** zinfo of the (gzip) layer, with `tarIndex`. */
+  zinfo?: string;
+  cacheDir?: string;
+  /** Memory cache budget in bytes. */
+  cacheBytes?: number;
+  /** Fetch unit in bytes. */
+  fetchBlockSize?: number;
+  signal?: AbortSignal;
+}
+
+export interface LayerDevice {
+  source: ByteSource;
+  /** What the device is, for logs: `blob sha256:…` or `hybrid sha256:…`. */
+  description: string;
+  blobCache: BlockCache;
+  close(): Promise<void>;
+}
+
+export async function openLayerDevice(
+  image: ImageSource,
+  layer: LayerDescriptor,
+  options: DeviceOptions = {},
+): Promise<LayerDevice> {
+  if (!isRangeReader(image)) {
+    throw new ErofsOciError('unsupported', `${image.name} cannot be read lazily (no range reads)`);
+  }
+  const blob = blobByteSource(image, layer);
+  const blobCache = await openBlockCache((offset, length, signal) => blob.read(offset, length, { signal }), {
+    size: blob.size,
+    ...(options.cacheDir === undefined ? {} : { cacheDir: options.cacheDir, cacheId: layer.digest }),
+    ...(options.cacheBytes === undefined ? {} : { memoryBytes: options.cacheBytes }),
+    ...(options.fetchBlockSize === undefined ? {} : { blockSize: options.fetchBlockSize }),
+  });
+  if (options.tarIndex === undefined) {
+    if (options.zinfo !== undefined) throw new ErofsOciError('usage', '--zinfo goes with --tarindex');
+    return {
+      source: blobCache,
+      description: `blob ${layer.digest}`,
+      blobCache,
+      close: () => blobCache.close(),
+    };
+  }
+  let meta: FileSource | undefined;
+  try {
+    meta = await openFileSource(options.tarIndex);
+    const index = await openImage(meta, { signal: options.signal });
+    const device = index.superblock.devices[0];
+    if (!device || device.uniaddr * index.superblock.blockSize !== meta.size) {
+      throw new ErofsOciError(
+        'corrupt',
+        `${options.tarIndex} is not an index-mode image (no device table slot starting right after it)`,
+        { hint: 'build one with: erofs-oci build --mode index --zinfo FILE SOURCE --layer N META' },
+      );
+    }
+    const tarSize = device.blocks * index.superblock.blockSize;
+    let tar: ByteSource;
+    if (layer.format.kind !== 'tar')
+      throw new ErofsOciError('usage', `layer ${layer.digest} is not a tar layer`);
+    if (layer.format.compression === 'gzip') {
+      if (options.zinfo === undefined) {
+        throw new ErofsOciError(
+          'usage',
+          `layer ${layer.digest} is gzip-compressed: --zinfo is needed with --tarindex`,
+          {
+            hint: 'build both with: erofs-oci build --mode index --zinfo FILE SOURCE --layer N META',
+          },
+        );
+      }
+      const zinfo = decodeZinfo(
+        await readFile(options.zinfo).catch((error: NodeJS.ErrnoException) => {
+          throw new ErofsOciError(
+            error.code === 'ENOENT' ? 'not-found' : 'io',
+            `cannot read ${options.zinfo}: ${error.message}`,
+          );
+        }),
+      );
+      tar = await openZinfoSource(blobCache, zinfo, { uncompressedSize: tarSize, signal: options.signal });
+    } else if (layer.format.compression === 'none') {
+      tar = blobCache;
+    } else {
+      throw new ErofsOciError(
+        'unsupported',
+        `lazy reads of ${layer.format.compression} layers are not supported`,
+      );
+    }
+    if (tar.size < tarSize) {
+      throw new ErofsOciError(
+        'corrupt',
+        `${options.tarIndex} addresses ${tarSize} bytes of tar, the layer has ${tar.size}`,
+      );
+    }
+    const opened = meta;
+    return {
+      source: concatSources([opened, tar]),
+      description: `hybrid ${layer.digest}`,
+      blobCache,
+      close: async () => {
+        await opened.close();
+        await blobCache.close();
+      },
+    };
+  } catch (error) {
+    await meta?.close();
+    await blobCache.close();
+    throw error;
+  }
+}

@@ -1,0 +1,251 @@
+/**
+ * `serve` end to end: blobs in a real registry (Debian's docker-registry), exported by our NBD server,
+ * read by real libnbd clients (nbdinfo, nbdcopy, nbdfuse) and mounted by the kernel.
+ */
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import {
+  check,
+  cliEntry,
+  findExecutable,
+  isRoot,
+  nodeBinary,
+  runCli,
+  snapshot,
+  tmpdir,
+  type TmpDir,
+  withMount,
+} from '../../test-support/kernel.ts';
+import { assertSameTree, generateLayers } from '../../test-support/oracle.ts';
+import {
+  registryUnavailableReason,
+  type RegistryHandle,
+  skopeo,
+  startRegistry,
+} from '../../test-support/registry.ts';
+import { blobOf, type FixtureImage, writeLayout } from '../../test-support/registry-fixtures.ts';
+
+const skip = !isRoot()
+  ? 'needs root to mount'
+  : (registryUnavailableReason() ??
+    (['nbdinfo', 'nbdcopy', 'nbdfuse'].every((t) => findExecutable(t))
+      ? undefined
+      : 'needs libnbd-bin and nbdfuse'));
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+function imageOf(layers: { mediaType: string; bytes: Buffer; diffId: string }[]): FixtureImage {
+  const platform = { os: 'linux', architecture: 'amd64' };
+  const blobs = layers.map((l) => blobOf(l.mediaType, l.bytes));
+  const config = blobOf(
+    'application/vnd.oci.image.config.v1+json',
+    Buffer.from(
+      JSON.stringify({ ...platform, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) } }),
+    ),
+  );
+  const descriptor = (b: { mediaType: string; digest: string; bytes: Buffer }) => ({
+    mediaType: b.mediaType,
+    digest: b.digest,
+    size: b.bytes.byteLength,
+  });
+  const manifest = blobOf(
+    'application/vnd.oci.image.manifest.v1+json',
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: descriptor(config),
+        layers: blobs.map(descriptor),
+      }),
+    ),
+  );
+  return { platform, config, layers: blobs, manifest };
+}
+
+/** Starts `erofs-oci serve` and waits until its socket exists. */
+async function startServe(args: string[], socket: string): Promise<ChildProcess> {
+  const child = spawn(nodeBinary, [cliEntry, 'serve', ...args, '--listen', `unix:${socket}`], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => {
+    stderr += c.toString();
+  });
+  for (let i = 0; i < 200 && !existsSync(socket); i++) {
+    if (child.exitCode !== null) throw new Error(`serve exited early: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!existsSync(socket)) throw new Error(`serve did not listen: ${stderr}`);
+  return child;
+}
+
+async function stop(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode;
+  child.kill('SIGTERM');
+  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
+
+/** Reads the whole export with nbdcopy. */
+async function copyExport(socket: string, out: string): Promise<Buffer> {
+  await check('nbdcopy', ['--', `nbd+unix:///?socket=${socket}`, out]);
+  return readFile(out);
+}
+
+/** nbdfuse exposes the export as the file FUSEDIR/image; the kernel mounts EROFS on it. */
+async function withNbdfuseMount<T>(
+  socket: string,
+  dir: string,
+  fn: (mountpoint: string) => Promise<T>,
+): Promise<T> {
+  const fuseDir = join(dir, `fuse-${Math.random().toString(36).slice(2)}`);
+  await mkdir(fuseDir);
+  const pidFile = `${fuseDir}.pid`;
+  const fuse = spawn(
+    'nbdfuse',
+    ['-r', '-P', pidFile, join(fuseDir, 'image'), `nbd+unix:///?socket=${socket}`],
+    {
+      stdio: 'ignore',
+    },
+  );
+  try {
+    for (let i = 0; i < 100 && !existsSync(pidFile); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(existsSync(pidFile), 'nbdfuse became ready');
+    return await withMount(join(fuseDir, 'image'), fn);
+  } finally {
+    await check('fusermount3', ['-u', fuseDir]).catch(() => check('umount', ['-l', fuseDir]));
+    await new Promise((resolve) => (fuse.exitCode !== null ? resolve(null) : fuse.once('exit', resolve)));
+  }
+}
+
+describe('serve', { skip }, () => {
+  let dir: TmpDir;
+  let registry: RegistryHandle;
+  let tarBytes: Buffer;
+  let erofsBytes: Buffer;
+  let gzipBytes: Buffer;
+  let expectedTree: Awaited<ReturnType<typeof snapshot>>;
+  const ref = () => `${registry.host}/test/lazy:v1`;
+
+  before(async () => {
+    dir = await tmpdir();
+    const [layer] = await generateLayers('types', join(dir.path, 'layers'));
+    tarBytes = await readFile(layer as string);
+    gzipBytes = gzipSync(tarBytes);
+    const erofsPath = join(dir.path, 'layer.erofs');
+    const built = await runCli([
+      'build',
+      '--quiet',
+      '--timestamp',
+      '0',
+      '--uuid',
+      'clear',
+      `tar:${layer}`,
+      erofsPath,
+    ]);
+    assert.equal(built.status, 0, built.stderr);
+    erofsBytes = await readFile(erofsPath);
+    await withMount(erofsPath, async (mnt) => {
+      expectedTree = await snapshot(mnt);
+    });
+    const diffId = `sha256:${sha256(tarBytes)}`;
+    const image = imageOf([
+      {
+        mediaType: 'application/vnd.erofs.layer.v1',
+        bytes: erofsBytes,
+        diffId: `sha256:${sha256(erofsBytes)}`,
+      },
+      { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', bytes: gzipBytes, diffId },
+    ]);
+    const layout = join(dir.path, 'layout');
+    await writeLayout(layout, 'v1', [image], false);
+    registry = await startRegistry({ storageDir: join(dir.path, 'storage') });
+    await skopeo(['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${ref()}`]);
+  });
+
+  after(async () => {
+    await registry?.stop();
+    await dir?.cleanup();
+  });
+
+  it('exports an EROFS layer blob: nbdinfo, nbdcopy hash, kernel mount through nbdfuse', async () => {
+    const socket = join(dir.path, 'erofs.sock');
+    const server = await startServe(['--insecure', '--layer', '0', ref()], socket);
+    try {
+      const info = JSON.parse(await check('nbdinfo', ['--json', `nbd+unix:///?socket=${socket}`])) as {
+        exports: { 'export-size': number; is_read_only: boolean }[];
+      };
+      assert.equal(info.exports[0]?.['export-size'], erofsBytes.byteLength);
+      assert.equal(info.exports[0]?.is_read_only, true);
+      const copied = await copyExport(socket, join(dir.path, 'copy.erofs'));
+      assert.equal(sha256(copied), sha256(erofsBytes));
+      await withNbdfuseMount(socket, dir.path, async (mnt) => {
+        assertSameTree(expectedTree, await snapshot(mnt));
+      });
+    } finally {
+      assert.equal(await stop(server), 0);
+    }
+  });
+
+  it('exports the hybrid device [index][uncompressed tar] of a gzip layer', async () => {
+    const meta = join(dir.path, 'layer.meta');
+    const zinfo = join(dir.path, 'layer.zinfo');
+    const built = await runCli([
+      'build',
+      '--quiet',
+      '--insecure',
+      '--mode',
+      'index',
+      '--zinfo',
+      zinfo,
+      '--span',
+      '65536',
+      '--layer',
+      '1',
+      ref(),
+      meta,
+    ]);
+    assert.equal(built.status, 0, built.stderr);
+    const metaBytes = await readFile(meta);
+    const socket = join(dir.path, 'hybrid.sock');
+    const server = await startServe(
+      ['--insecure', '--layer', '1', '--tarindex', meta, '--zinfo', zinfo, ref()],
+      socket,
+    );
+    try {
+      const copied = await copyExport(socket, join(dir.path, 'copy.hybrid'));
+      assert.equal(copied.byteLength, metaBytes.byteLength + tarBytes.byteLength);
+      assert.ok(copied.subarray(0, metaBytes.byteLength).equals(metaBytes), 'index part');
+      assert.ok(copied.subarray(metaBytes.byteLength).equals(tarBytes), 'uncompressed tar part');
+      await withNbdfuseMount(socket, dir.path, async (mnt) => {
+        assertSameTree(expectedTree, await snapshot(mnt), { ignoreRoot: true });
+      });
+    } finally {
+      assert.equal(await stop(server), 0);
+    }
+  });
+
+  it('a gzip layer with --tarindex but no --zinfo is a usage error', async () => {
+    await writeFile(join(dir.path, 'empty'), '');
+    const result = await runCli([
+      'serve',
+      '--insecure',
+      '--layer',
+      '1',
+      '--tarindex',
+      join(dir.path, 'empty'),
+      ref(),
+      '--listen',
+      `unix:${join(dir.path, 'x.sock')}`,
+    ]);
+    assert.notEqual(result.status, 0);
+    assert.match(result.stderr, /^erofs-oci: serve: /);
+  });
+});

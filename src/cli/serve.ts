@@ -1,0 +1,128 @@
+/** `erofs-oci serve [options] SOURCE --listen unix:PATH|tcp:HOST:PORT` */
+import { parseArgs } from 'node:util';
+import { ErofsOciError } from '../errors.ts';
+import { serveNbd } from '../nbd/server.ts';
+import { openLayerDevice } from './device.ts';
+import type { CommandIo } from './io.ts';
+import {
+  joinNegativeLayer,
+  openImageFromOptions,
+  registryHelp,
+  registryOptions,
+  selectLayers,
+} from './registry-options.ts';
+
+export const serveHelp = `Usage: erofs-oci serve [options] SOURCE --listen unix:PATH|tcp:HOST:PORT
+
+Exports one layer of SOURCE as a read-only NBD device, read lazily with HTTP range requests.
+
+Options:
+  --listen ADDR       unix:PATH or tcp:HOST:PORT (required)
+  --tarindex META     export [META][uncompressed layer tar]: META is the layer's index-mode image
+                      (erofs-oci build --mode index); the tar part is read from the remote blob
+  --zinfo FILE        the layer's gzip index (needed with --tarindex for gzip layers)
+  --export-name NAME  NBD export name (default: empty)
+  --cache-dir DIR     keep fetched blocks on disk (reused on restart)
+  --cache-mib N       memory cache budget (default 64)
+  --fetch-kib N       fetch unit (default 1024)
+  --debug             show the causes of errors
+  -h, --help          this help
+
+${registryHelp}`;
+
+export function parseListen(
+  value: string,
+): { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number } {
+  if (value.startsWith('unix:') && value.length > 5) return { kind: 'unix', path: value.slice(5) };
+  const tcp = /^tcp:(.+):(\d+)$/.exec(value);
+  if (tcp) {
+    const port = Number(tcp[2]);
+    if (port > 65535) throw new ErofsOciError('usage', `--listen port out of range: ${value}`);
+    return { kind: 'tcp', host: (tcp[1] as string).replace(/^\[(.*)\]$/, '$1'), port };
+  }
+  throw new ErofsOciError('usage', `--listen must be unix:PATH or tcp:HOST:PORT, not ${value}`);
+}
+
+function positiveNumber(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0)
+    throw new ErofsOciError('usage', `--${name} must be a positive number, not ${value}`);
+  return n;
+}
+
+export async function serveCommand(args: string[], io: CommandIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: joinNegativeLayer(args),
+    allowPositionals: true,
+    options: {
+      listen: { type: 'string' },
+      tarindex: { type: 'string' },
+      zinfo: { type: 'string' },
+      'export-name': { type: 'string' },
+      'cache-dir': { type: 'string' },
+      'cache-mib': { type: 'string' },
+      'fetch-kib': { type: 'string' },
+      debug: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+      ...registryOptions,
+    },
+  });
+  if (values.help) {
+    io.stdout.write(serveHelp);
+    return 0;
+  }
+  if (positionals.length !== 1)
+    throw new ErofsOciError('usage', 'serve takes one SOURCE', { hint: 'see erofs-oci serve --help' });
+  if (values.listen === undefined)
+    throw new ErofsOciError('usage', 'serve needs --listen unix:PATH or tcp:HOST:PORT');
+  const listen = parseListen(values.listen);
+  const cacheMib = positiveNumber('cache-mib', values['cache-mib']);
+  const fetchKib = positiveNumber('fetch-kib', values['fetch-kib']);
+  const log = (line: string) => io.stderr.write(`${new Date().toISOString()} ${line}\n`);
+  const image = await openImageFromOptions(positionals[0] as string, values, io);
+  try {
+    const all = await image.layers({ signal: io.signal });
+    if (values.layer === undefined && values.blob === undefined && all.length !== 1) {
+      throw new ErofsOciError(
+        'usage',
+        `${image.name} has ${all.length} layers: choose one with --layer N or --blob DIGEST`,
+      );
+    }
+    const [layer] = selectLayers(all, values);
+    if (!layer) throw new ErofsOciError('not-found', 'no layer selected');
+    const device = await openLayerDevice(image, layer, {
+      ...(values.tarindex === undefined ? {} : { tarIndex: values.tarindex }),
+      ...(values.zinfo === undefined ? {} : { zinfo: values.zinfo }),
+      ...(values['cache-dir'] === undefined ? {} : { cacheDir: values['cache-dir'] }),
+      ...(cacheMib === undefined ? {} : { cacheBytes: Math.floor(cacheMib * 2 ** 20) }),
+      ...(fetchKib === undefined ? {} : { fetchBlockSize: Math.floor(fetchKib * 1024) }),
+      signal: io.signal,
+    });
+    try {
+      const server = await serveNbd(device.source, {
+        listen,
+        exportName: values['export-name'] ?? '',
+        description: `${image.name} ${device.description}`,
+        log,
+      });
+      log(`serving ${device.description} (${device.source.size} bytes) of ${image.name} on ${server.uri}`);
+      // Runs until SIGINT/SIGTERM (the CLI turns them into an abort), then finishes in-flight replies.
+      await new Promise<void>((resolve) => {
+        if (io.signal.aborted) resolve();
+        io.signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+      log('stopping: finishing in-flight requests');
+      await server.close();
+      const stats = device.blobCache.stats();
+      log(
+        `stopped; fetched ${stats.bytesFetched} bytes in ${stats.fetches} requests, ${stats.hits} cache hits`,
+      );
+    } finally {
+      await device.close();
+    }
+  } finally {
+    await image.close();
+  }
+  return 0;
+}
