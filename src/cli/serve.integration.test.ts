@@ -214,6 +214,11 @@ describe('serve', { skip }, () => {
     ]);
     assert.equal(built.status, 0, built.stderr);
     const metaBytes = await readFile(meta);
+    // The same index from the zinfo command, straight from the registry layer.
+    const alone = join(dir.path, 'alone.zinfo');
+    const indexed = await runCli(['zinfo', '--insecure', '--span', '65536', '--layer', '1', ref(), alone]);
+    assert.equal(indexed.status, 0, indexed.stderr);
+    assert.ok((await readFile(alone)).equals(await readFile(zinfo)), 'zinfo command and build --zinfo agree');
     const socket = join(dir.path, 'hybrid.sock');
     const server = await startServe(
       ['--insecure', '--layer', '1', '--tarindex', meta, '--zinfo', zinfo, ref()],

@@ -6,11 +6,20 @@ import { parseArgs } from 'node:util';
 import { ErofsOciError } from '../errors.ts';
 import { buildZinfo, DEFAULT_SPAN, encodeZinfo } from '../gzip-index/index.ts';
 import type { CommandIo } from './io.ts';
+import {
+  joinNegativeLayer,
+  openImageFromOptions,
+  registryHelp,
+  registryOptions,
+  selectLayers,
+} from './registry-options.ts';
 
 export const zinfoHelp = `Usage: erofs-oci zinfo [options] INPUT OUTPUT
 
 Builds a random-access index (zinfo) for a gzip stream: the AWS SOCI version 2 format, as mkfs.erofs
---gzinfo writes it. INPUT is a gzip file, or - for stdin; OUTPUT a file, or - for stdout.
+--gzinfo writes it. INPUT is a gzip file, or - for stdin, or with --layer/--blob an image SOURCE
+(registry reference or local layout) whose gzip layer is downloaded once and indexed as it streams;
+OUTPUT a file, or - for stdout.
 
 Options:
   --span BYTES   uncompressed bytes between checkpoints, at least (default 4M; suffixes K, M, G are
@@ -18,14 +27,15 @@ Options:
   --json         print a JSON summary (sizes, checkpoints) on stdout; not with OUTPUT -
   --debug        show the causes of errors
   -h, --help     this help
-`;
+
+${registryHelp}`;
 
 export async function zinfoCommand(
   args: string[],
   io: Pick<CommandIo, 'stdin' | 'stdout' | 'stderr'> & Partial<CommandIo>,
 ): Promise<number> {
   const { values, positionals } = parseArgs({
-    args,
+    args: joinNegativeLayer(args),
     allowPositionals: true,
     strict: true,
     options: {
@@ -33,6 +43,7 @@ export async function zinfoCommand(
       json: { type: 'boolean' },
       debug: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
+      ...registryOptions,
     },
   });
   if (values.help) {
@@ -49,8 +60,27 @@ export async function zinfoCommand(
   const span = values.span === undefined ? DEFAULT_SPAN : parseSize(values.span);
   const signal = io.signal;
 
-  const source: AsyncIterable<Uint8Array> = input === '-' ? io.stdin : readFile(input);
-  const result = await buildZinfo(source, { span, signal });
+  let result: Awaited<ReturnType<typeof buildZinfo>>;
+  if (values.layer !== undefined || values.blob !== undefined) {
+    // A registry or layout layer: streamed once, verified against its digest as it arrives.
+    const image = await openImageFromOptions(input, values, {
+      ...io,
+      signal: signal ?? new AbortController().signal,
+    } as CommandIo);
+    try {
+      const [layer] = selectLayers(await image.layers({ signal }), values);
+      if (!layer) throw new ErofsOciError('not-found', 'no layer selected');
+      if (layer.format.kind !== 'tar' || layer.format.compression !== 'gzip') {
+        throw new ErofsOciError('usage', `layer ${layer.digest} (${layer.mediaType}) is not gzip-compressed`);
+      }
+      result = await buildZinfo(image.openBlob(layer, { signal }), { span, signal });
+    } finally {
+      await image.close();
+    }
+  } else {
+    const source: AsyncIterable<Uint8Array> = input === '-' ? io.stdin : readFile(input);
+    result = await buildZinfo(source, { span, signal });
+  }
   const bytes = encodeZinfo(result.zinfo);
   if (output === '-') await writeStream(io.stdout, bytes);
   else await writeFileAtomically(output, bytes);
