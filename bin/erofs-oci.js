@@ -25,4 +25,9 @@ if (major < 24) {
 const { enableCompileCache } = await import('node:module');
 enableCompileCache?.();
 const { main } = await import('../src/cli/main.ts');
-process.exitCode = await main(process.argv.slice(2));
+const status = await main(process.argv.slice(2));
+// Exit as soon as the output is flushed: idle keep-alive connections and timers of libraries must not keep
+// a finished command (or a stopped server) alive.
+await new Promise((resolve) => process.stdout.write('', resolve));
+await new Promise((resolve) => process.stderr.write('', resolve));
+process.exit(status);

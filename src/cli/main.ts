@@ -19,6 +19,22 @@ const commands: Record<string, { summary: string; load: () => Promise<Handler> }
     summary: 'build a random-access index (zinfo) of a gzip stream',
     load: async () => (await import('./zinfo.ts')).zinfoCommand as Handler,
   },
+  mount: {
+    summary: 'mount an image lazily from a registry (root)',
+    load: async () => (await import('./mount.ts')).mountCommand,
+  },
+  umount: {
+    summary: 'unmount a lazy mount and stop its processes',
+    load: async () => (await import('./mount.ts')).umountCommand,
+  },
+  list: {
+    summary: 'list lazy mounts, their processes and health',
+    load: async () => (await import('./mount.ts')).listCommand,
+  },
+  reattach: {
+    summary: 'restart the dead servers of a lazy mount without unmounting',
+    load: async () => (await import('./mount.ts')).reattachCommand,
+  },
   inspect: {
     summary: 'show an EROFS image: superblock, listings, file metadata',
     load: async () => (await import('./inspect.ts')).inspectCommand as Handler,

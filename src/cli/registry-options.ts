@@ -34,6 +34,8 @@ Registry options:
 `;
 
 export interface RegistryValues {
+  /** A password already read (by a command that needs it twice); otherwise --password-stdin reads one. */
+  password?: string;
   platform?: string;
   layer?: string;
   blob?: string;
@@ -56,11 +58,13 @@ export async function openImageFromOptions(
   values: RegistryValues,
   io: CommandIo,
 ): Promise<ImageSource> {
-  let password: string | undefined;
-  if (values['password-stdin']) {
-    if (values.username === undefined) throw new ErofsOciError('usage', '--password-stdin needs --username');
+  let password = values.password;
+  if ((password !== undefined || values['password-stdin']) && values.username === undefined) {
+    throw new ErofsOciError('usage', '--password-stdin needs --username');
+  }
+  if (password === undefined && values['password-stdin']) {
     password = (await readAll(io.stdin)).replace(/\r?\n$/, '');
-  } else if (values.username !== undefined) {
+  } else if (password === undefined && values.username !== undefined) {
     throw new ErofsOciError(
       'usage',
       '--username needs --password-stdin (passwords are never taken as arguments)',

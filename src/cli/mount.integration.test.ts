@@ -1,0 +1,380 @@
+/**
+ * Lazy mounts end to end (root, real kernel, real registry): EROFS-native layers built by our `build`,
+ * pushed with skopeo, mounted through FUSE device holders and overlayfs; the expected tree comes from GNU
+ * tar extraction plus the whiteout script of test-support.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { isRoot, runCli, type Snapshot, snapshot, type TmpDir, tmpdir } from '../../test-support/kernel.ts';
+import { assertSameTree, buildExpected } from '../../test-support/oracle.ts';
+import {
+  type RegistryHandle,
+  registryUnavailableReason,
+  skopeo,
+  startRegistry,
+} from '../../test-support/registry.ts';
+import { blobOf, type FixtureImage, makeTar, writeLayout } from '../../test-support/registry-fixtures.ts';
+
+const skip = !isRoot()
+  ? 'needs root to mount'
+  : (registryUnavailableReason() ?? (existsSync('/dev/fuse') ? undefined : 'needs /dev/fuse'));
+
+const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+
+function imageOf(layers: { mediaType: string; bytes: Buffer; diffId: string }[]): FixtureImage {
+  const platform = { os: 'linux', architecture: 'amd64' };
+  const blobs = layers.map((l) => blobOf(l.mediaType, l.bytes));
+  const config = blobOf(
+    'application/vnd.oci.image.config.v1+json',
+    Buffer.from(
+      JSON.stringify({ ...platform, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) } }),
+    ),
+  );
+  const descriptor = (b: { mediaType: string; digest: string; bytes: Buffer }) => ({
+    mediaType: b.mediaType,
+    digest: b.digest,
+    size: b.bytes.byteLength,
+  });
+  const manifest = blobOf(
+    'application/vnd.oci.image.manifest.v1+json',
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: descriptor(config),
+        layers: blobs.map(descriptor),
+      }),
+    ),
+  );
+  return { platform, config, layers: blobs, manifest };
+}
+
+async function listJson(env: NodeJS.ProcessEnv) {
+  const result = await runCli(['list', '--json'], { env });
+  assert.equal(result.status, 0, result.stderr);
+  return JSON.parse(result.stdout) as {
+    mountpoint: string;
+    health: string;
+    pids: number[];
+    devicePids: number[];
+  }[];
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('mount', { skip }, () => {
+  let dir: TmpDir;
+  let registry: RegistryHandle;
+  let env: NodeJS.ProcessEnv;
+  let tars: string[];
+  let big: Buffer;
+  const ref = () => `${registry.host}/test/native:v1`;
+
+  before(async () => {
+    dir = await tmpdir();
+    env = { ...process.env, EROFS_OCI_STATE_DIR: join(dir.path, 'state') };
+    big = randomBytes(48 * 1024 * 1024);
+    const layerFiles: Record<string, string | Buffer>[] = [
+      {
+        'a.txt': 'first a\n',
+        'dir/keep.txt': 'keep\n',
+        'dir/gone.txt': 'gone\n',
+        'opq/old.txt': 'old\n',
+        'big.bin': big,
+      },
+      { 'dir/.wh.gone.txt': '', 'opq/.wh..wh..opq': '', 'opq/new.txt': 'new\n', 'b.txt': 'b\n' },
+      { 'a.txt': 'second a\n', 'c/deep.txt': 'deep\n' },
+    ];
+    tars = [];
+    const layers = [];
+    for (const [i, files] of layerFiles.entries()) {
+      const tar = await makeTar(files);
+      const tarPath = join(dir.path, `layer-${i}.tar`);
+      await writeFile(tarPath, tar);
+      tars.push(tarPath);
+      const erofs = join(dir.path, `layer-${i}.erofs`);
+      const built = await runCli([
+        'build',
+        '--quiet',
+        '--timestamp',
+        '0',
+        '--uuid',
+        'clear',
+        `tar:${tarPath}`,
+        erofs,
+      ]);
+      assert.equal(built.status, 0, built.stderr);
+      const bytes = await readFile(erofs);
+      layers.push({ mediaType: 'application/vnd.erofs.layer.v1', bytes, diffId: `sha256:${sha256(bytes)}` });
+    }
+    // A fourth, gzip tar layer for the hybrid mount.
+    const gz = gzipSync(await readFile(tars[0] as string));
+    layers.push({
+      mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+      bytes: gz,
+      diffId: `sha256:${sha256(await readFile(tars[0] as string))}`,
+    });
+    const layout = join(dir.path, 'layout');
+    await writeLayout(layout, 'v1', [imageOf(layers.slice(0, 3))], false);
+    const hybridLayout = join(dir.path, 'hybrid-layout');
+    await writeLayout(hybridLayout, 'v1', [imageOf(layers.slice(3))], false);
+    registry = await startRegistry({ storageDir: join(dir.path, 'storage') });
+    await skopeo(['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${ref()}`]);
+    await skopeo([
+      'copy',
+      '--dest-tls-verify=false',
+      `oci:${hybridLayout}:v1`,
+      `docker://${registry.host}/test/gz:v1`,
+    ]);
+  });
+
+  after(async () => {
+    // Whatever a failing test left mounted.
+    for (const m of await listJson(env).catch(() => [])) await runCli(['umount', m.mountpoint], { env });
+    await registry?.stop();
+    await dir?.cleanup();
+  });
+
+  async function newMountpoint(name: string): Promise<string> {
+    const path = join(dir.path, name);
+    await mkdir(path, { recursive: true });
+    return path;
+  }
+
+  async function mount(args: string[], mountpoint: string) {
+    const started = performance.now();
+    const result = await runCli(['mount', '--insecure', ...args, mountpoint], { env });
+    assert.equal(result.status, 0, result.stderr);
+    process.stderr.write(
+      `# mount ${args.join(' ')}: ${((performance.now() - started) / 1000).toFixed(2)} s\n`,
+    );
+  }
+
+  async function umount(mountpoint: string) {
+    const before = (await listJson(env)).find((m) => m.mountpoint === mountpoint);
+    const started = performance.now();
+    const result = await runCli(['umount', mountpoint], { env });
+    assert.equal(result.status, 0, result.stderr);
+    process.stderr.write(
+      `# umount: ${((performance.now() - started) / 1000).toFixed(2)} s\n${result.stderr}`,
+    );
+    const mounts = await readFile('/proc/self/mountinfo', 'utf8');
+    assert.ok(!mounts.includes(dir.path), `nothing under the test dir stays mounted:\n${mounts}`);
+    assert.equal((await listJson(env)).length, 0, 'no record left');
+    for (const pid of [...(before?.pids ?? []), ...(before?.devicePids ?? [])]) {
+      for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(!alive(pid), `process ${pid} is gone`);
+    }
+  }
+
+  it('stacks every EROFS layer with overlayfs; the tree equals the merged layers', async () => {
+    const mnt = await newMountpoint('all');
+    await mount([ref()], mnt);
+    try {
+      const expectedDir = join(dir.path, 'expected-merged');
+      await buildExpected(expectedDir, tars, 'merged');
+      // overlayfs reports nlink 1 for merged directories ("unknown"), so directory link counts are not compared.
+      assertSameTree(withoutDirNlink(await snapshot(expectedDir)), withoutDirNlink(await snapshot(mnt)), {
+        ignoreRoot: true,
+        ignoreDirMtimes: true,
+      });
+      const [listed] = await listJson(env);
+      assert.equal(listed?.mountpoint, mnt);
+      assert.equal(listed?.health, 'serving');
+      assert.equal(listed?.pids.length, 3);
+      assert.equal(listed?.devicePids.length, 3);
+    } finally {
+      await umount(mnt);
+    }
+    // Idempotent.
+    const again = await runCli(['umount', mnt], { env });
+    assert.equal(again.status, 0, again.stderr);
+  });
+
+  it('mounts one layer with --layer', async () => {
+    const mnt = await newMountpoint('one');
+    await mount(['--layer', '0', ref()], mnt);
+    try {
+      assert.equal(sha256(await readFile(join(mnt, 'big.bin'))), sha256(big));
+      assert.equal(await readFile(join(mnt, 'dir', 'gone.txt'), 'utf8'), 'gone\n');
+    } finally {
+      await umount(mnt);
+    }
+  });
+
+  it('--upper makes the mount writable and writes land in the upper dir', async () => {
+    const mnt = await newMountpoint('upper');
+    const upper = join(dir.path, 'upper-dir');
+    await mount(['--upper', upper, ref()], mnt);
+    try {
+      await writeFile(join(mnt, 'written.txt'), 'hello upper\n');
+      assert.equal(await readFile(join(upper, 'written.txt'), 'utf8'), 'hello upper\n');
+      assert.ok((await readdir(mnt)).includes('b.txt'));
+    } finally {
+      await umount(mnt);
+    }
+  });
+
+  it('mounts a gzip layer from its index and zinfo (hybrid)', async () => {
+    const meta = join(dir.path, 'gz.meta');
+    const zinfo = join(dir.path, 'gz.zinfo');
+    const gzRef = `${registry.host}/test/gz:v1`;
+    const built = await runCli(
+      ['build', '--quiet', '--insecure', '--mode', 'index', '--zinfo', zinfo, '--layer', '0', gzRef, meta],
+      { env },
+    );
+    assert.equal(built.status, 0, built.stderr);
+    const mnt = await newMountpoint('hybrid');
+    await mount(['--layer', '0', '--tarindex', meta, '--zinfo', zinfo, gzRef], mnt);
+    try {
+      assert.equal(sha256(await readFile(join(mnt, 'big.bin'))), sha256(big));
+      assert.equal(await readFile(join(mnt, 'a.txt'), 'utf8'), 'first a\n');
+    } finally {
+      await umount(mnt);
+    }
+  });
+
+  it('a gzip layer without an index is refused with a hint, nothing mounted', async () => {
+    const mnt = await newMountpoint('noindex');
+    const result = await runCli(['mount', '--insecure', '--layer', '0', `${registry.host}/test/gz:v1`, mnt], {
+      env,
+    });
+    assert.equal(result.status, 2, result.stderr);
+    assert.match(result.stderr, /build --mode index/);
+    assert.equal((await listJson(env)).length, 0);
+  });
+
+  it('errors: busy mount point, missing layer, unreachable registry leave nothing mounted', async () => {
+    const mnt = await newMountpoint('errors');
+    await mount(['--layer', '1', ref()], mnt);
+    try {
+      const busy = await runCli(['mount', '--insecure', ref(), mnt], { env });
+      assert.notEqual(busy.status, 0);
+      assert.match(busy.stderr, /already/);
+    } finally {
+      await umount(mnt);
+    }
+    const missing = await runCli(['mount', '--insecure', '--layer', '9', ref(), mnt], { env });
+    assert.equal(missing.status, 3, missing.stderr);
+    const unreachable = await runCli(
+      ['mount', '--insecure', '--timeout', '3', '127.0.0.1:1/none/x:v1', mnt],
+      { env },
+    );
+    assert.equal(unreachable.status, 7, unreachable.stderr);
+    assert.equal((await listJson(env)).length, 0);
+    assert.ok(!(await readFile('/proc/self/mountinfo', 'utf8')).includes(mnt));
+  });
+
+  it('survives repeated SIGKILLs of the server: reattach, and the reader gets every byte right', async () => {
+    const mnt = await newMountpoint('crash');
+    await mount(['--layer', '0', '--io-timeout', '60', ref()], mnt);
+    try {
+      // A reader in another process, reading the big file in small pieces while servers are killed.
+      const reader = spawn(
+        'python3',
+        [
+          '-c',
+          'import hashlib,sys,time\nh=hashlib.sha256()\nf=open(sys.argv[1],"rb",buffering=0)\nwhile True:\n  b=f.read(65536)\n  if not b: break\n  h.update(b)\n  time.sleep(0.03)\nprint(h.hexdigest())',
+          join(mnt, 'big.bin'),
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      let err = '';
+      reader.stdout.on('data', (c: Buffer) => {
+        out += c.toString();
+      });
+      reader.stderr.on('data', (c: Buffer) => {
+        err += c.toString();
+      });
+      const finished = new Promise<number | null>((resolve) => reader.once('exit', resolve));
+      let kills = 0;
+      for (; kills < 20 && reader.exitCode === null; kills++) {
+        const [m] = await listJson(env);
+        const pid = m?.pids[0] as number;
+        process.kill(pid, 'SIGKILL');
+        for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 20));
+        await new Promise((r) => setTimeout(r, 100));
+        assert.equal((await listJson(env))[0]?.health, 'server dead');
+        const re = await runCli(['reattach', mnt], { env });
+        assert.equal(re.status, 0, re.stderr);
+        await new Promise((r) => setTimeout(r, 150));
+      }
+      assert.equal(await finished, 0, err);
+      assert.equal(out.trim(), sha256(big), 'the reader saw the right bytes');
+      assert.equal(kills, 20, `the reader ran through ${kills} kill/reattach cycles`);
+    } finally {
+      await umount(mnt);
+    }
+  });
+
+  it('no secret reaches the state directory', async () => {
+    const secureDir = join(dir.path, 'secure');
+    await mkdir(secureDir);
+    const secure = await startRegistry({
+      storageDir: join(dir.path, 'storage'),
+      auth: { kind: 'htpasswd', users: { alice: 's3cret-Passw0rd' } },
+    });
+    try {
+      const authfile = join(dir.path, 'auth.json');
+      const auth = Buffer.from('alice:s3cret-Passw0rd').toString('base64');
+      await writeFile(authfile, JSON.stringify({ auths: { [secure.host]: { auth } } }), { mode: 0o600 });
+      const mnt = await newMountpoint('secret');
+      const result = await runCli(
+        ['mount', '--insecure', '--authfile', authfile, '--layer', '1', `${secure.host}/test/native:v1`, mnt],
+        { env },
+      );
+      assert.equal(result.status, 0, result.stderr);
+      try {
+        const found = await grep(join(dir.path, 'state'), ['s3cret-Passw0rd', auth]);
+        assert.deepEqual(found, [], 'no file in the state directory holds the password or its base64');
+      } finally {
+        await umount(mnt);
+      }
+    } finally {
+      await secure.stop();
+    }
+  });
+});
+
+function withoutDirNlink(tree: Snapshot): Snapshot {
+  const entries = Object.fromEntries(
+    Object.entries(tree.entries).map(([path, entry]) => [
+      path,
+      entry.type === 'dir' ? { ...entry, nlink: 0 } : entry,
+    ]),
+  );
+  return { ...tree, entries };
+}
+
+async function grep(root: string, needles: string[]): Promise<string[]> {
+  const hits: string[] = [];
+  const walk = async (path: string) => {
+    for (const entry of await readdir(path, { withFileTypes: true })) {
+      const full = join(path, entry.name);
+      if (entry.isDirectory()) {
+        if (entry.name.endsWith('.mnt')) continue; // mounted layer contents, not state
+        await walk(full);
+      } else if (entry.isFile() && !entry.name.endsWith('.dev')) {
+        // (.dev files are the FUSE devices: the layer blobs themselves)
+        const content = await readFile(full).catch(() => Buffer.alloc(0));
+        for (const needle of needles) if (content.includes(needle)) hits.push(`${full}: ${needle}`);
+      }
+    }
+  };
+  await walk(root);
+  return hits;
+}

@@ -1,0 +1,446 @@
+/**
+ * Lazy mounts: per layer, a serving process (`erofs-oci serve`: registry range reads, caches, NBD on a
+ * unix socket) and a device holder (FUSE file backed by that socket, reconnecting when the server is
+ * replaced); the kernel mounts EROFS on the device file, and several layers are stacked with overlayfs.
+ *
+ * Why two processes per layer: the serving process does everything that can fail or leak (network, TLS,
+ * auth, caches) and may die; the holder only owns the FUSE connection, which must outlive it, and waits
+ * for a replacement (`reattach`) while reads are pending. Node has no SCM_RIGHTS, so the FUSE descriptor
+ * could not be handed to a new server; the holder keeps it instead. See docs/fuse.md.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ErofsOciError, throwIfAborted } from '../errors.ts';
+import { spawnHolder } from './holder.ts';
+import {
+  ensurePrivateDir,
+  type LayerRecord,
+  type MountRecord,
+  mountDir,
+  RECORD_VERSION,
+  type RegistrySettings,
+  readRecord,
+  removeMountDir,
+  writeRecord,
+} from './state.ts';
+
+export interface LayerPlan {
+  index: number;
+  digest: string;
+  mediaType: string;
+  size: number;
+  kind: 'erofs' | 'hybrid';
+  tarIndex?: string;
+  zinfo?: string;
+}
+
+export interface MountPlan {
+  source: string;
+  pinnedSource: string;
+  manifestDigest: string;
+  platform: string;
+  mountpoint: string;
+  /** Bottom first. */
+  layers: LayerPlan[];
+  registry: RegistrySettings;
+  /** Only in memory, handed to the serving processes on their stdin. */
+  password?: string;
+  upper?: string;
+  backend: 'fuse' | 'nbd';
+  ioTimeoutMs: number;
+  stateRoot: string;
+  /** The `erofs-oci` entry point the serving processes run. */
+  cli: string;
+  signal?: AbortSignal;
+  log?: (line: string) => void;
+}
+
+const SERVER_READY_TIMEOUT_MS = 90_000;
+const STOP_TIMEOUT_MS = 10_000;
+
+export function isAlive(pid: number): boolean {
+  if (pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function run(command: string, args: string[]): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString();
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? 1, stderr: stderr.trim() }));
+  });
+}
+
+/** Mount points currently mounted (from /proc/self/mountinfo, octal escapes undone). */
+export async function mountedPaths(): Promise<Set<string>> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const paths = new Set<string>();
+  for (const line of text.split('\n')) {
+    const field = line.split(' ')[4];
+    if (field)
+      paths.add(
+        field.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(Number.parseInt(o, 8))),
+      );
+  }
+  return paths;
+}
+
+async function unmount(path: string): Promise<void> {
+  if (!(await mountedPaths()).has(path)) return;
+  const result = await run('umount', [path]);
+  if (result.code !== 0) {
+    throw new ErofsOciError('io', `cannot unmount ${path}: ${result.stderr}`, {
+      hint: /busy/i.test(result.stderr) ? 'something still uses it (fuser -vm shows what)' : undefined,
+    });
+  }
+}
+
+async function mountErofs(device: string, target: string): Promise<void> {
+  let result = await run('mount', ['-t', 'erofs', '-o', 'ro', device, target]);
+  if (result.code !== 0) {
+    // File-backed EROFS mounts need Linux 6.12; older kernels take the file through a loop device.
+    const fileBacked = result.stderr;
+    result = await run('mount', ['-t', 'erofs', '-o', 'ro,loop', device, target]);
+    if (result.code !== 0) {
+      throw new ErofsOciError(
+        'unsupported',
+        `cannot mount EROFS from ${device}: ${fileBacked}; with a loop device: ${result.stderr}`,
+      );
+    }
+  }
+}
+
+async function stopProcess(pid: number): Promise<void> {
+  if (!isAlive(pid)) return;
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + STOP_TIMEOUT_MS;
+  while (isAlive(pid) && Date.now() < deadline) await sleep(25);
+  if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+}
+
+/** Starts `erofs-oci serve` for one layer, detached, logging into the mount's directory. */
+export async function startServer(
+  record: Pick<MountRecord, 'pinnedSource' | 'registry'>,
+  layer: LayerRecord,
+  options: {
+    cli: string;
+    dir: string;
+    password?: string;
+    signal?: AbortSignal;
+  },
+): Promise<number> {
+  await rm(layer.socket, { force: true });
+  const args = ['serve', record.pinnedSource, '--blob', layer.digest, '--listen', `unix:${layer.socket}`];
+  args.push('--cache-dir', join(options.dir, 'cache'));
+  if (layer.tarIndex) args.push('--tarindex', layer.tarIndex);
+  if (layer.zinfo) args.push('--zinfo', layer.zinfo);
+  const r = record.registry;
+  if (r.insecure) args.push('--insecure');
+  if (r.caFile) args.push('--ca-file', r.caFile);
+  if (r.authfile) args.push('--authfile', r.authfile);
+  if (r.timeout) args.push('--timeout', r.timeout);
+  if (r.username !== undefined) {
+    if (options.password === undefined) {
+      throw new ErofsOciError(
+        'auth',
+        `the mount used --username ${r.username} --password-stdin: give the password again the same way`,
+      );
+    }
+    args.push('--username', r.username, '--password-stdin');
+  }
+  const logFile = join(options.dir, `layer-${layer.index}.server.log`);
+  const out = openSync(logFile, 'a', 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(process.execPath, [options.cli, ...args], {
+      detached: true,
+      stdio: [options.password === undefined ? 'ignore' : 'pipe', out, out],
+    });
+  } finally {
+    closeSync(out);
+  }
+  if (options.password !== undefined) child.stdin?.end(`${options.password}\n`);
+  const pid = child.pid;
+  if (pid === undefined) throw new ErofsOciError('io', `cannot start the server of layer ${layer.digest}`);
+  let exited = false;
+  child.once('exit', () => {
+    exited = true;
+  });
+  const deadline = Date.now() + SERVER_READY_TIMEOUT_MS;
+  while (!existsSync(layer.socket)) {
+    throwIfAborted(options.signal);
+    if (exited || Date.now() > deadline) {
+      if (!exited) process.kill(pid, 'SIGKILL');
+      const log = (await readFile(logFile, 'utf8').catch(() => '')).trim().split('\n');
+      const last = log.filter((l) => l.startsWith('erofs-oci:')).pop() ?? log.pop() ?? 'no output';
+      throw new ErofsOciError(
+        'io',
+        `the server of layer ${layer.digest} did not start: ${last.replace(/^erofs-oci: serve: /, '')}`,
+      );
+    }
+    await sleep(50);
+  }
+  child.unref();
+  return pid;
+}
+
+async function startDevice(
+  record: MountRecord,
+  layer: LayerRecord,
+  dir: string,
+  signal?: AbortSignal,
+): Promise<number> {
+  if (record.backend === 'nbd') {
+    // Kept small: this machine's kernel has no NBD driver, so this path is not exercised by the tests.
+    const result = await run('nbd-client', [
+      '-unix',
+      layer.socket,
+      layer.device,
+      '-readonly',
+      '-persist',
+      '-block-size',
+      '4096',
+    ]);
+    if (result.code !== 0)
+      throw new ErofsOciError('io', `nbd-client failed on ${layer.device}: ${result.stderr}`);
+    const pid = Number(
+      (await readFile(`/sys/block/${layer.device.replace('/dev/', '')}/pid`, 'utf8').catch(() => '0')).trim(),
+    );
+    return pid;
+  }
+  await writeFile(layer.device, '', { mode: 0o600 });
+  const { pid } = await spawnHolder(
+    {
+      mountpoint: layer.device,
+      socketPath: layer.socket,
+      ioTimeoutMs: record.ioTimeoutMs,
+      fsname: `erofs-oci:${layer.digest.slice(0, 19)}`,
+      logFile: join(dir, `layer-${layer.index}.holder.log`),
+      readyFile: join(dir, `layer-${layer.index}.holder.ready`),
+    },
+    { configPath: join(dir, `layer-${layer.index}.holder.json`), signal },
+  );
+  return pid;
+}
+
+async function freeNbdDevice(used: Set<string>): Promise<string> {
+  for (let i = 0; i < 256; i++) {
+    const device = `/dev/nbd${i}`;
+    if (!existsSync(device)) break;
+    if (used.has(device) || existsSync(`/sys/block/nbd${i}/pid`)) continue;
+    return device;
+  }
+  throw new ErofsOciError('unavailable', 'no free /dev/nbdN device');
+}
+
+/** Waits for every promise (so nothing still runs afterwards), then throws the first failure. */
+async function allOrFirstError(promises: Promise<void>[]): Promise<void> {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
+/** Mounts the plan; on any failure everything started so far is torn down again. */
+export async function mountLazy(plan: MountPlan): Promise<MountRecord> {
+  const st = await stat(plan.mountpoint).catch(() => undefined);
+  if (!st?.isDirectory())
+    throw new ErofsOciError('not-found', `mount point ${plan.mountpoint} is not a directory`);
+  if ((await mountedPaths()).has(plan.mountpoint)) {
+    throw new ErofsOciError('io', `${plan.mountpoint} is already a mount point`, {
+      hint: 'unmount it first',
+    });
+  }
+  await ensurePrivateDir(plan.stateRoot);
+  const dir = mountDir(plan.stateRoot, plan.mountpoint);
+  if (await readRecord(dir)) {
+    throw new ErofsOciError('io', `a mount of ${plan.mountpoint} is already recorded`, {
+      hint: `erofs-oci umount ${plan.mountpoint}`,
+    });
+  }
+  await ensurePrivateDir(dir);
+  const record: MountRecord = {
+    version: RECORD_VERSION,
+    mountpoint: plan.mountpoint,
+    source: plan.source,
+    pinnedSource: plan.pinnedSource,
+    manifestDigest: plan.manifestDigest,
+    platform: plan.platform,
+    backend: plan.backend,
+    registry: plan.registry,
+    ioTimeoutMs: plan.ioTimeoutMs,
+    ...(plan.upper === undefined ? {} : { upper: plan.upper }),
+    layers: [],
+    createdAt: new Date().toISOString(),
+  };
+  try {
+    const usedNbd = new Set<string>();
+    for (const layer of plan.layers) {
+      const device =
+        plan.backend === 'nbd' ? await freeNbdDevice(usedNbd) : join(dir, `layer-${layer.index}.dev`);
+      usedNbd.add(device);
+      record.layers.push({
+        ...layer,
+        socket: join(dir, `layer-${layer.index}.sock`),
+        device,
+        layerMount: join(dir, `layer-${layer.index}.mnt`),
+        serverPid: 0,
+        devicePid: 0,
+      });
+    }
+    // Written before any process starts, so that umount finds whatever a failure leaves.
+    await writeRecord(dir, record);
+    // Layers start side by side: servers first (the holders connect to them), then the devices.
+    await allOrFirstError(
+      record.layers.map(async (entry) => {
+        entry.serverPid = await startServer(record, entry, {
+          cli: plan.cli,
+          dir,
+          password: plan.password,
+          signal: plan.signal,
+        });
+      }),
+    );
+    await writeRecord(dir, record);
+    await allOrFirstError(
+      record.layers.map(async (entry) => {
+        entry.devicePid = await startDevice(record, entry, dir, plan.signal);
+        plan.log?.(`layer ${entry.index} ${entry.digest}: server ${entry.serverPid}, device ${entry.device}`);
+      }),
+    );
+    await writeRecord(dir, record);
+    await stackLayers(record);
+    await writeRecord(dir, record);
+    // Mounted means the filesystem answers: list the root once.
+    await readdirOnce(plan.mountpoint);
+    return record;
+  } catch (error) {
+    await teardown(record, dir).catch(() => {
+      // The original error is what the user needs; leftovers are visible with `erofs-oci list`.
+    });
+    throw error;
+  }
+}
+
+async function readdirOnce(path: string): Promise<void> {
+  const { readdir } = await import('node:fs/promises');
+  await readdir(path);
+}
+
+async function stackLayers(record: MountRecord): Promise<void> {
+  const lone = record.layers.length === 1 && record.upper === undefined;
+  for (const layer of record.layers) {
+    if (lone) {
+      await mountErofs(layer.device, record.mountpoint);
+      layer.layerMount = record.mountpoint;
+      return;
+    }
+    await mkdir(layer.layerMount, { recursive: true, mode: 0o700 });
+    await mountErofs(layer.device, layer.layerMount);
+  }
+  const lower = [...record.layers].reverse().map((l) => l.layerMount);
+  const options = [`lowerdir=${lower.join(':')}`];
+  if (record.upper !== undefined) {
+    record.work = `${record.upper.replace(/\/+$/, '')}.work`;
+    await mkdir(record.upper, { recursive: true });
+    await mkdir(record.work, { recursive: true });
+    options.push(`upperdir=${record.upper}`, `workdir=${record.work}`);
+  } else {
+    options.push('ro');
+  }
+  const result = await run('mount', ['-t', 'overlay', 'overlay', '-o', options.join(','), record.mountpoint]);
+  if (result.code !== 0)
+    throw new ErofsOciError(
+      'unsupported',
+      `cannot mount overlayfs on ${record.mountpoint}: ${result.stderr}`,
+    );
+}
+
+/**
+ * Unmounts and stops everything a record names, tolerating parts already gone: first the top mount, then
+ * every layer at once (mount, device, holder and server; the holder ends by itself when its FUSE file is
+ * unmounted, the server is asked to stop meanwhile), then the record.
+ */
+async function teardown(record: MountRecord, dir: string): Promise<void> {
+  await unmount(record.mountpoint);
+  await allOrFirstError(
+    record.layers.map(async (layer) => {
+      await unmount(layer.layerMount);
+      if (record.backend === 'nbd') {
+        if (layer.devicePid > 0) await run('nbd-client', ['-d', layer.device]);
+        await stopProcess(layer.serverPid);
+        return;
+      }
+      await unmount(layer.device);
+      const holderGone = (async () => {
+        const deadline = Date.now() + STOP_TIMEOUT_MS;
+        while (isAlive(layer.devicePid) && Date.now() < deadline) await sleep(25);
+        await stopProcess(layer.devicePid);
+      })();
+      await Promise.all([holderGone, stopProcess(layer.serverPid)]);
+    }),
+  );
+  await removeMountDir(dir);
+}
+
+/** `umount`: false when nothing was mounted there by us (idempotent). */
+export async function unmountLazy(mountpoint: string, stateRoot: string): Promise<boolean> {
+  const dir = mountDir(stateRoot, mountpoint);
+  const record = await readRecord(dir);
+  if (!record) return false;
+  await teardown(record, dir);
+  return true;
+}
+
+export type Health = 'serving' | 'server dead' | 'device dead';
+
+export function healthOf(record: MountRecord): Health {
+  if (record.layers.some((l) => l.devicePid > 0 && !isAlive(l.devicePid))) return 'device dead';
+  if (record.layers.some((l) => !isAlive(l.serverPid))) return 'server dead';
+  return 'serving';
+}
+
+/** `reattach`: starts a new server for every layer whose server died. Returns how many were started. */
+export async function reattachLazy(
+  mountpoint: string,
+  stateRoot: string,
+  options: { cli: string; password?: string; signal?: AbortSignal; log?: (line: string) => void },
+): Promise<number> {
+  const dir = mountDir(stateRoot, mountpoint);
+  const record = await readRecord(dir);
+  if (!record) throw new ErofsOciError('not-found', `no erofs-oci mount at ${mountpoint}`);
+  let started = 0;
+  for (const layer of record.layers) {
+    if (isAlive(layer.serverPid)) continue;
+    if (layer.devicePid > 0 && !isAlive(layer.devicePid)) {
+      throw new ErofsOciError(
+        'io',
+        `the device of layer ${layer.digest} is gone too: the mount cannot be recovered`,
+        {
+          hint: `erofs-oci umount ${mountpoint}, then mount again`,
+        },
+      );
+    }
+    layer.serverPid = await startServer(record, layer, {
+      cli: options.cli,
+      dir,
+      password: options.password,
+      signal: options.signal,
+    });
+    await writeRecord(dir, record);
+    options.log?.(`layer ${layer.index} ${layer.digest}: new server ${layer.serverPid}`);
+    started++;
+  }
+  return started;
+}
