@@ -4,13 +4,14 @@
  * beside the output and renamed into place once complete, so a failure never leaves a partial image.
  */
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, rename } from 'node:fs/promises';
+import { type FileHandle, open, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type ImageSummary, ImageWriter, type BlockSize, xattrBodySize } from '../erofs/writer.ts';
 import { type EntryNode, TreeBuilder, type WhiteoutMode } from '../fs-tree/apply.ts';
 import { type Attributes, EMPTY_CONTENT, type FileContent, type Leaf } from '../fs-tree/tree.ts';
-import { decompress } from '../io/decompress.ts';
+import { decompress, detectCompression } from '../io/decompress.ts';
+import { createZinfoBuilder, encodeZinfo, type ZinfoBuilder } from '../gzip-index/index.ts';
 import { readTar } from '../tar/reader.ts';
 import { readDirectory } from './dir-source.ts';
 import { Prefetcher } from './prefetch.ts';
@@ -28,7 +29,10 @@ export type BuildSource =
  * uncompressed tar through device 1 of a device table (512-byte blocks, one tar layer), so that the bytes
  * `[image][uncompressed tar]` form a mountable filesystem, as erofs-utils `--tar=i` writes it.
  */
-export type BuildMode = { kind: 'full' } | { kind: 'index' };
+export type BuildMode =
+  | { kind: 'full' }
+  /** `zinfo`: also write the gzip layer's random-access index to this file (same download, same pass). */
+  | { kind: 'index'; zinfo?: { path: string; span?: number } };
 
 export interface BuildOptions {
   sources: BuildSource[];
@@ -79,6 +83,8 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
     (options.sources.length === 1 && options.sources[0]?.kind !== 'dir' ? 'overlay' : 'apply');
   const mode = options.mode ?? { kind: 'full' };
   const index = mode.kind === 'index';
+  const zinfoBuilder =
+    mode.kind === 'index' && mode.zinfo ? createZinfoBuilder({ span: mode.zinfo.span }) : undefined;
   if (index) {
     if (options.sources.length !== 1 || options.sources[0]?.kind === 'dir') {
       throw new ErofsOciError('usage', 'index mode takes exactly one tar layer');
@@ -115,7 +121,7 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
         tarSize = bytes;
       };
       const lazy = source.kind === 'lazy' ? prefetcher.stream(sourceIndex) : undefined;
-      for await (const entry of entriesOf(source, options, onBytes, onTarBytes, lazy)) {
+      for await (const entry of entriesOf(source, options, onBytes, onTarBytes, lazy, zinfoBuilder)) {
         throwIfAborted(options.signal);
         await addEntry(tree, writer, entry, name, index, options.signal);
       }
@@ -131,6 +137,9 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
       signal: options.signal,
       ...(index ? { externalDeviceSize: tarSize } : {}),
     });
+    if (mode.kind === 'index' && mode.zinfo && zinfoBuilder) {
+      await writeFileAtomically(mode.zinfo.path, encodeZinfo(zinfoBuilder.result().zinfo));
+    }
     await rename(temporary, options.output);
     return {
       ...summary,
@@ -156,31 +165,55 @@ function entriesOf(
   onBytes: (bytes: number) => void,
   onTarBytes: (bytes: number) => void,
   lazy: AsyncIterable<Uint8Array> | undefined,
+  zinfo: ZinfoBuilder | undefined,
 ): AsyncIterable<SourceEntry> {
-  switch (source.kind) {
-    case 'dir':
-      return readDirectory(source.path, { signal: options.signal, onWarning: options.onWarning });
-    case 'lazy':
-      return readTar(
-        countBytes(decompress(lazy as AsyncIterable<Uint8Array>, { signal: options.signal }), onTarBytes),
-        {
-          signal: options.signal,
-        },
-      );
-    case 'tar':
-    case 'tar-stream': {
-      const raw = source.kind === 'tar' ? openTarFile(source.path, options.signal) : source.stream;
-      let total = 0;
-      const stream = decompress(raw, {
-        signal: options.signal,
-        onCompressedBytes: (n) => {
-          total += n;
-          onBytes(total);
-        },
-      });
-      return readTar(countBytes(stream, onTarBytes), { signal: options.signal });
+  const signal = options.signal;
+  if (source.kind === 'dir') return readDirectory(source.path, { signal, onWarning: options.onWarning });
+  let raw: AsyncIterable<Uint8Array>;
+  let onCompressedBytes: ((n: number) => void) | undefined;
+  if (source.kind === 'lazy') {
+    // The prefetcher reports the bytes of lazy sources.
+    raw = lazy as AsyncIterable<Uint8Array>;
+  } else {
+    // The zinfo builder may hold on to input chunks longer than the pooled reader allows.
+    raw = source.kind === 'tar' ? openTarFile(source.path, signal, zinfo === undefined) : source.stream;
+    let total = 0;
+    onCompressedBytes = (n) => {
+      total += n;
+      onBytes(total);
+    };
+  }
+  const tar = zinfo
+    ? inflateIndexed(raw, zinfo, onCompressedBytes, signal)
+    : decompress(raw, { signal, onCompressedBytes });
+  return readTar(countBytes(tar, onTarBytes), { signal });
+}
+
+/** Gzip only: decompresses while recording zinfo checkpoints (one download, one decompression). */
+async function* inflateIndexed(
+  raw: AsyncIterable<Uint8Array>,
+  builder: ZinfoBuilder,
+  onCompressedBytes: ((n: number) => void) | undefined,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<Uint8Array> {
+  let first = true;
+  async function* checked(): AsyncGenerator<Uint8Array> {
+    for await (const chunk of raw) {
+      if (first && chunk.byteLength > 0) {
+        first = false;
+        const compression = detectCompression(chunk);
+        if (compression !== 'gzip') {
+          throw new ErofsOciError(
+            'usage',
+            `--zinfo needs a gzip layer, this one is ${compression === 'none' ? 'uncompressed' : compression}`,
+          );
+        }
+      }
+      onCompressedBytes?.(chunk.byteLength);
+      yield chunk;
     }
   }
+  yield* builder.inflate(checked(), { signal });
 }
 
 /**
@@ -190,7 +223,11 @@ function entriesOf(
  * decoding plus one peeked ahead, the tar reader only its current chunk, and the image writer copies or
  * writes synchronously.
  */
-async function* openTarFile(path: string, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
+async function* openTarFile(
+  path: string,
+  signal: AbortSignal | undefined,
+  pooled = true,
+): AsyncGenerator<Uint8Array> {
   let handle: FileHandle;
   try {
     handle = await open(path, 'r');
@@ -206,7 +243,7 @@ async function* openTarFile(path: string, signal: AbortSignal | undefined): Asyn
   try {
     for (let i = 0; ; i++) {
       throwIfAborted(signal);
-      const buffer = pool[i % pool.length] as Buffer;
+      const buffer = pooled ? (pool[i % pool.length] as Buffer) : Buffer.allocUnsafe(1 << 20);
       const { bytesRead } = await handle.read(buffer, 0, buffer.byteLength, null);
       if (bytesRead === 0) return;
       yield buffer.subarray(0, bytesRead);
@@ -290,4 +327,16 @@ async function addEntry(
       break;
   }
   tree.add(entry.path, classified, node, origin);
+}
+
+/** Writes `path` under a temporary name and renames it into place. */
+async function writeFileAtomically(path: string, bytes: Uint8Array): Promise<void> {
+  const temporary = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    await writeFile(temporary, bytes, { mode: 0o644 });
+    await rename(temporary, path);
+  } catch (error) {
+    await rm(temporary, { force: true });
+    throw new ErofsOciError('io', `cannot write ${path}: ${(error as Error).message}`, { cause: error });
+  }
 }
