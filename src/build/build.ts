@@ -4,14 +4,15 @@
  * beside the output and renamed into place once complete, so a failure never leaves a partial image.
  */
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, rename, rm, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { type FileHandle, open, rename } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { type BlockSize, type ImageSummary, ImageWriter, xattrBodySize } from '../erofs/writer.ts';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
-import { type ImageSummary, ImageWriter, type BlockSize, xattrBodySize } from '../erofs/writer.ts';
 import { type EntryNode, TreeBuilder, type WhiteoutMode } from '../fs-tree/apply.ts';
 import { type Attributes, EMPTY_CONTENT, type FileContent, type Leaf } from '../fs-tree/tree.ts';
-import { decompress, detectCompression } from '../io/decompress.ts';
 import { createZinfoBuilder, encodeZinfo, type ZinfoBuilder } from '../gzip-index/index.ts';
+import { decompress, detectCompression } from '../io/decompress.ts';
+import { fileError, temporaryPathFor, writeFileAtomically } from '../io/files.ts';
 import { readTar } from '../tar/reader.ts';
 import { readDirectory } from './dir-source.ts';
 import { Prefetcher } from './prefetch.ts';
@@ -93,10 +94,7 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
       throw new ErofsOciError('usage', 'index mode uses 512-byte blocks (tar data is 512-byte aligned)');
     }
   }
-  const temporary = join(
-    dirname(options.output),
-    `.${basename(options.output)}.${randomBytes(4).toString('hex')}.tmp`,
-  );
+  const temporary = temporaryPathFor(options.output);
   const writer = ImageWriter.create(temporary, {
     blockSize: index ? 512 : (options.blockSize ?? 4096),
     ...(index ? { externalDevice: {} } : {}),
@@ -232,12 +230,7 @@ async function* openTarFile(
   try {
     handle = await open(path, 'r');
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT')
-      throw new ErofsOciError('not-found', `cannot open ${path}: no such file`, { cause: error });
-    if (code === 'EACCES')
-      throw new ErofsOciError('auth', `cannot open ${path}: permission denied`, { cause: error });
-    throw new ErofsOciError('io', `cannot open ${path}: ${(error as Error).message}`, { cause: error });
+    throw fileError(`Cannot open ${path}`, error);
   }
   const pool = Array.from({ length: 4 }, () => Buffer.allocUnsafe(1 << 20));
   try {
@@ -327,16 +320,4 @@ async function addEntry(
       break;
   }
   tree.add(entry.path, classified, node, origin);
-}
-
-/** Writes `path` under a temporary name and renames it into place. */
-async function writeFileAtomically(path: string, bytes: Uint8Array): Promise<void> {
-  const temporary = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    await writeFile(temporary, bytes, { mode: 0o644 });
-    await rename(temporary, path);
-  } catch (error) {
-    await rm(temporary, { force: true });
-    throw new ErofsOciError('io', `cannot write ${path}: ${(error as Error).message}`, { cause: error });
-  }
 }

@@ -1,10 +1,9 @@
 /** `erofs-oci zinfo [--span BYTES] INPUT OUTPUT` (SPEC §2) [mkfs.erofs --gzinfo] */
 import { createReadStream } from 'node:fs';
-import { open, rename, rm } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ErofsOciError } from '../errors.ts';
 import { buildZinfo, DEFAULT_SPAN, encodeZinfo } from '../gzip-index/index.ts';
+import { fileError, writeFileAtomically } from '../io/files.ts';
 import type { CommandIo } from './io.ts';
 import {
   joinNegativeLayer,
@@ -125,40 +124,11 @@ async function* readFile(path: string): AsyncGenerator<Uint8Array> {
 }
 
 /** Writes to OUTPUT.tmp-… beside it and renames on success, so a failure leaves no partial index. */
-async function writeFileAtomically(path: string, bytes: Uint8Array): Promise<void> {
-  const temporary = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
-  try {
-    const handle = await open(temporary, 'w', 0o644);
-    try {
-      await handle.writeFile(bytes);
-    } finally {
-      await handle.close();
-    }
-    await rename(temporary, path);
-  } catch (error) {
-    // The temporary file may not exist (open failed); its absence is what we want anyway.
-    await rm(temporary, { force: true });
-    throw fileError(`Cannot write ${path}`, error);
-  }
-}
 
 function writeStream(stream: NodeJS.WritableStream, bytes: Uint8Array): Promise<void> {
   return new Promise((resolve, reject) => {
     stream.write(bytes, (error) =>
       error ? reject(fileError('Cannot write the zinfo to stdout', error)) : resolve(),
     );
-  });
-}
-
-function fileError(action: string, error: unknown): ErofsOciError {
-  const code = (error as NodeJS.ErrnoException)?.code;
-  if (code === 'ENOENT')
-    return new ErofsOciError('not-found', `${action}: no such file or directory`, { cause: error });
-  if (code === 'EACCES' || code === 'EPERM') {
-    return new ErofsOciError('auth', `${action}: permission denied`, { cause: error });
-  }
-  if (code === 'EISDIR') return new ErofsOciError('usage', `${action}: it is a directory`, { cause: error });
-  return new ErofsOciError('io', `${action}: ${(error as Error)?.message ?? String(error)}`, {
-    cause: error,
   });
 }
