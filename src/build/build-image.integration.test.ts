@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
@@ -148,6 +148,27 @@ describe('build from images', { skip }, () => {
     const result = await runCli(['build', '--quiet', '--layer', '99', `oci:${layout}:v1`, out]);
     assert.equal(result.status, 3, result.stderr);
     assert.match(result.stderr, /^erofs-oci: build: layer 99 does not exist/);
+  });
+
+  it('a layer whose bytes do not match its digest never yields an image (5)', async () => {
+    const broken = join(dir.path, 'broken-layout');
+    await cp(layout, broken, { recursive: true });
+    const index = JSON.parse(await readFile(join(broken, 'index.json'), 'utf8')) as {
+      manifests: { digest: string }[];
+    };
+    const manifest = JSON.parse(
+      await readFile(join(broken, 'blobs', 'sha256', (index.manifests[0]?.digest ?? '').slice(7)), 'utf8'),
+    ) as { layers: { digest: string }[] };
+    const blob = join(broken, 'blobs', 'sha256', (manifest.layers[1]?.digest ?? '').slice(7));
+    const bytes = await readFile(blob);
+    bytes[bytes.length - 20] = (bytes[bytes.length - 20] ?? 0) ^ 0x01;
+    await writeFile(blob, bytes);
+    const outDir = join(dir.path, 'broken-out');
+    await mkdir(outDir);
+    const result = await runCli(['build', '--quiet', `oci:${broken}:v1`, join(outDir, 'image.erofs')]);
+    assert.equal(result.status, 5, result.stderr);
+    assert.match(result.stderr, /^erofs-oci: build: /);
+    assert.deepEqual(await readdir(outDir), [], 'no image and no temporary file');
   });
 
   it('refuses plain HTTP without --insecure', async () => {

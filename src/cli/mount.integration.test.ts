@@ -20,6 +20,7 @@ import {
   startRegistry,
 } from '../../test-support/registry.ts';
 import { blobOf, type FixtureImage, makeTar, writeLayout } from '../../test-support/registry-fixtures.ts';
+import { startTokenServer } from '../../test-support/registry-token-server.ts';
 
 const skip = !isRoot()
   ? 'needs root to mount'
@@ -321,24 +322,30 @@ describe('mount', { skip }, () => {
     }
   });
 
-  it('no secret reaches the state directory', async () => {
-    const secureDir = join(dir.path, 'secure');
-    await mkdir(secureDir);
+  it('no secret reaches the state directory (token auth, credentials from an auth file)', async () => {
+    await mkdir(join(dir.path, 'pki'), { recursive: true });
+    const tokenServer = await startTokenServer({
+      dir: join(dir.path, 'pki'),
+      users: { alice: 's3cret-Passw0rd' },
+    });
     const secure = await startRegistry({
       storageDir: join(dir.path, 'storage'),
-      auth: { kind: 'htpasswd', users: { alice: 's3cret-Passw0rd' } },
+      auth: { kind: 'token', tokenServer },
     });
     try {
       const authfile = join(dir.path, 'auth.json');
       const auth = Buffer.from('alice:s3cret-Passw0rd').toString('base64');
       await writeFile(authfile, JSON.stringify({ auths: { [secure.host]: { auth } } }), { mode: 0o600 });
       const mnt = await newMountpoint('secret');
+      const before = tokenServer.requests.length;
       const result = await runCli(
         ['mount', '--insecure', '--authfile', authfile, '--layer', '1', `${secure.host}/test/native:v1`, mnt],
         { env },
       );
       assert.equal(result.status, 0, result.stderr);
       try {
+        assert.ok(tokenServer.requests.length > before, 'the registry asked for bearer tokens');
+        assert.equal(await readFile(join(mnt, 'b.txt'), 'utf8'), 'b\n');
         const found = await grep(join(dir.path, 'state'), ['s3cret-Passw0rd', auth]);
         assert.deepEqual(found, [], 'no file in the state directory holds the password or its base64');
       } finally {
@@ -346,6 +353,7 @@ describe('mount', { skip }, () => {
       }
     } finally {
       await secure.stop();
+      await tokenServer.stop();
     }
   });
 });
