@@ -107,6 +107,18 @@ export async function makeImage(
     layers.push(blob);
     diffIds.push(diffId);
   }
+  return imageOfBlobs(layers, diffIds, platform);
+}
+
+/**
+ * An OCI image (config and manifest) over ready layer blobs, bottom first. `diffIds` default to the blobs'
+ * own digests (right for uncompressed and EROFS layers).
+ */
+export function imageOfBlobs(
+  layers: Blob[],
+  diffIds: string[] = layers.map((layer) => layer.digest),
+  platform: FixtureImage['platform'] = { os: 'linux', architecture: 'amd64' },
+): FixtureImage {
   const config = blobOf(
     'application/vnd.oci.image.config.v1+json',
     Buffer.from(

@@ -25,7 +25,12 @@ import {
   skopeo,
   startRegistry,
 } from '../../test-support/registry.ts';
-import { blobOf, type FixtureImage, writeLayout } from '../../test-support/registry-fixtures.ts';
+import {
+  blobOf,
+  type FixtureImage,
+  imageOfBlobs,
+  writeLayout,
+} from '../../test-support/registry-fixtures.ts';
 
 const skip = !isRoot() ? 'needs root to mount images' : registryUnavailableReason();
 
@@ -38,28 +43,7 @@ async function imageOf(tars: string[]): Promise<FixtureImage> {
     diffIds.push(`sha256:${createHash('sha256').update(bytes).digest('hex')}`);
     layers.push(blobOf('application/vnd.oci.image.layer.v1.tar+gzip', gzipSync(bytes)));
   }
-  const platform = { os: 'linux', architecture: 'amd64' };
-  const config = blobOf(
-    'application/vnd.oci.image.config.v1+json',
-    Buffer.from(JSON.stringify({ ...platform, rootfs: { type: 'layers', diff_ids: diffIds } })),
-  );
-  const descriptor = (b: { mediaType: string; digest: string; bytes: Buffer }) => ({
-    mediaType: b.mediaType,
-    digest: b.digest,
-    size: b.bytes.byteLength,
-  });
-  const manifest = blobOf(
-    'application/vnd.oci.image.manifest.v1+json',
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: descriptor(config),
-        layers: layers.map(descriptor),
-      }),
-    ),
-  );
-  return { platform, config, layers, manifest };
+  return imageOfBlobs(layers, diffIds);
 }
 
 describe('build from images', { skip }, () => {

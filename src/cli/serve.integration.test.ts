@@ -29,7 +29,12 @@ import {
   skopeo,
   startRegistry,
 } from '../../test-support/registry.ts';
-import { blobOf, type FixtureImage, writeLayout } from '../../test-support/registry-fixtures.ts';
+import {
+  blobOf,
+  type FixtureImage,
+  imageOfBlobs,
+  writeLayout,
+} from '../../test-support/registry-fixtures.ts';
 
 const skip = !isRoot()
   ? 'needs root to mount'
@@ -43,31 +48,10 @@ function sha256(bytes: Uint8Array): string {
 }
 
 function imageOf(layers: { mediaType: string; bytes: Buffer; diffId: string }[]): FixtureImage {
-  const platform = { os: 'linux', architecture: 'amd64' };
-  const blobs = layers.map((l) => blobOf(l.mediaType, l.bytes));
-  const config = blobOf(
-    'application/vnd.oci.image.config.v1+json',
-    Buffer.from(
-      JSON.stringify({ ...platform, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) } }),
-    ),
+  return imageOfBlobs(
+    layers.map((l) => blobOf(l.mediaType, l.bytes)),
+    layers.map((l) => l.diffId),
   );
-  const descriptor = (b: { mediaType: string; digest: string; bytes: Buffer }) => ({
-    mediaType: b.mediaType,
-    digest: b.digest,
-    size: b.bytes.byteLength,
-  });
-  const manifest = blobOf(
-    'application/vnd.oci.image.manifest.v1+json',
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: descriptor(config),
-        layers: blobs.map(descriptor),
-      }),
-    ),
-  );
-  return { platform, config, layers: blobs, manifest };
 }
 
 /** Starts `erofs-oci serve` and waits until its socket exists. */

@@ -143,7 +143,8 @@ export async function startServer(
 ): Promise<number> {
   await rm(layer.socket, { force: true });
   const args = ['serve', record.pinnedSource, '--blob', layer.digest, '--listen', `unix:${layer.socket}`];
-  args.push('--cache-dir', join(options.dir, 'cache'));
+  // One cache per layer: an image may hold the same blob twice (empty layers), and a cache entry has one owner.
+  args.push('--cache-dir', join(options.dir, `cache-${layer.index}`));
   if (layer.tarIndex) args.push('--tarindex', layer.tarIndex);
   if (layer.zinfo) args.push('--zinfo', layer.zinfo);
   const r = record.registry;
