@@ -12,6 +12,7 @@ import type { ByteSource } from '../io/byte-source.ts';
 import { concatSources } from '../io/concat-source.ts';
 import { type FileSource, openFileSource } from '../io/file-source.ts';
 import { blobByteSource, type ImageSource, isRangeReader, type LayerDescriptor } from '../oci/index.ts';
+import { wasAnsweredWhole } from '../oci/registry-client.ts';
 
 export interface DeviceOptions {
   /** Local index-mode image of the layer: export `[META][uncompressed tar]`. */
@@ -23,6 +24,8 @@ export interface DeviceOptions {
   cacheBytes?: number;
   /** Fetch unit in bytes. */
   fetchBlockSize?: number;
+  /** Where the blob cache reports what no read tells: the digest's verdict, whole downloads. */
+  log?: (line: string) => void;
   signal?: AbortSignal;
 }
 
@@ -45,6 +48,16 @@ export async function openLayerDevice(
   const blob = blobByteSource(image, layer);
   const blobCache = await openBlockCache((offset, length, signal) => blob.read(offset, length, { signal }), {
     size: blob.size,
+    name: `blob ${layer.digest} of ${image.name}`,
+    // Range reads are checked as a whole, once every block has been fetched (src/io/block-cache.ts).
+    ...(/^sha(256|512):/.test(layer.digest) ? { digest: layer.digest } : {}),
+    // A registry that ignores Range gets the blob downloaded once (a verified stream) instead of once per
+    // read; the registry client marks the range reads it answered whole.
+    whole: { answeredWhole: wasAnsweredWhole, fetch: (signal) => image.openBlob(layer, { signal }) },
+    // The registry client already retries transient failures with backoff within its time budget
+    // (--timeout); retrying its final answer would multiply the time a read takes to fail (EIO).
+    retries: 0,
+    ...(options.log === undefined ? {} : { log: options.log }),
     ...(options.cacheDir === undefined ? {} : { cacheDir: options.cacheDir, cacheId: layer.digest }),
     ...(options.cacheBytes === undefined ? {} : { memoryBytes: options.cacheBytes }),
     ...(options.fetchBlockSize === undefined ? {} : { blockSize: options.fetchBlockSize }),

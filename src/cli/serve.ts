@@ -15,6 +15,10 @@ import {
 export const serveHelp = `Usage: erofs-oci serve [options] SOURCE --listen unix:PATH|tcp:HOST:PORT
 
 Exports one layer of SOURCE as a read-only NBD device, read lazily with HTTP range requests.
+A read that cannot be served (registry unreachable after retries, see --timeout) fails with EIO; it
+never returns bytes it does not have. Once every block of the blob has been fetched its digest is
+checked; on a mismatch the cache is dropped and every read fails. A registry that ignores Range has
+the blob downloaded once into the cache.
 
 Options:
   --listen ADDR       unix:PATH or tcp:HOST:PORT (required)
@@ -97,6 +101,7 @@ export async function serveCommand(args: string[], io: CommandIo): Promise<numbe
       ...(values['cache-dir'] === undefined ? {} : { cacheDir: values['cache-dir'] }),
       ...(cacheMib === undefined ? {} : { cacheBytes: Math.floor(cacheMib * 2 ** 20) }),
       ...(fetchKib === undefined ? {} : { fetchBlockSize: Math.floor(fetchKib * 1024) }),
+      log,
       signal: io.signal,
     });
     try {
@@ -116,7 +121,7 @@ export async function serveCommand(args: string[], io: CommandIo): Promise<numbe
       await server.close();
       const stats = device.blobCache.stats();
       log(
-        `stopped; fetched ${stats.bytesFetched} bytes in ${stats.fetches} requests, ${stats.hits} cache hits`,
+        `stopped; fetched ${stats.bytesFetched} bytes in ${stats.fetches} requests, ${stats.hits} cache hits, digest ${stats.verification}`,
       );
     } finally {
       await device.close();

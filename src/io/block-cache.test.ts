@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { ErofsOciError, isErofsOciError } from '../errors.ts';
-import { createBlockCache, openBlockCache, type RangeFetch } from './block-cache.ts';
+import { createBlockCache, openBlockCache, type RangeFetch, type WholeFetch } from './block-cache.ts';
 
 interface Origin {
   fetch: RangeFetch;
@@ -469,4 +469,403 @@ test('openBlockCache needs a cache id with a cache directory', async () => {
       code: 'usage',
     });
   });
+});
+
+function digestOf(bytes: Uint8Array): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+/** `bytes` with the byte at `at` inverted. */
+function flipped(bytes: Uint8Array, at: number): Uint8Array {
+  const copy = bytes.slice();
+  copy[at] = (copy[at] as number) ^ 0xff;
+  return copy;
+}
+
+/** Ranges of `[0, size)` that `ranges` leave uncovered, as a count of bytes. */
+function uncovered(size: number, ranges: [number, number][]): number {
+  const covered = new Uint8Array(size);
+  for (const [offset, length] of ranges) covered.fill(1, offset, offset + length);
+  return covered.reduce((n, c) => n + (c === 0 ? 1 : 0), 0);
+}
+
+test('createBlockCache verifies the digest once every block has been fetched, in any read order', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.record({
+        size: fc.integer({ min: 1, max: 30_000 }),
+        blockSize: fc.constantFrom(512, 1000, 4096),
+        memoryBytes: fc.constantFrom(0, 2048, 1 << 20),
+        disk: fc.boolean(),
+        readahead: fc.constantFrom(false as const, { initial: 512, max: 4096 }),
+        parallel: fc.integer({ min: 1, max: 4 }),
+        seed: fc.integer(),
+      }),
+      fc.array(fc.array(fc.tuple(fc.nat(), fc.nat({ max: 9000 })), { minLength: 1, maxLength: 6 }), {
+        maxLength: 5,
+      }),
+      async ({ disk, ...config }, batches) => {
+        const dir = disk ? await mkdtemp(join(tmpdir(), 'block-cache-')) : undefined;
+        try {
+          const bytes = new Uint8Array(config.size).map((_, i) => (i * 7 + config.seed) & 0xff);
+          const source = origin(bytes, { jitter: () => Math.floor(Math.random() * 3) });
+          const cache = await openBlockCache(source.fetch, {
+            ...config,
+            retries: 0,
+            digest: digestOf(bytes),
+            ...(dir === undefined ? {} : { cacheDir: dir, cacheId: 'blob' }),
+          });
+          for (const batch of batches) {
+            await Promise.all(
+              batch.map(([a, b]) => {
+                const offset = a % config.size;
+                const length = Math.min(b, config.size - offset);
+                return cache
+                  .read(offset, length)
+                  .then((got) => assert.deepEqual(got, bytes.slice(offset, offset + length)));
+              }),
+            );
+          }
+          assert.deepEqual(await cache.read(0, config.size), bytes);
+          // With every block at hand (disk, or memory enough) the verdict is certain; else it may wait.
+          const { verification } = cache.stats();
+          if (disk || config.memoryBytes >= config.size) assert.equal(verification, 'verified');
+          else assert.ok(verification === 'verified' || verification === 'pending', verification);
+          await cache.close();
+        } finally {
+          if (dir) await rm(dir, { recursive: true, force: true });
+        }
+      },
+    ),
+    { numRuns: 150 },
+  );
+});
+
+test('createBlockCache never lets reads of a corrupt object cover it: the read completing it fails, and all after', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.record({
+        size: fc.integer({ min: 1, max: 30_000 }),
+        blockSize: fc.constantFrom(512, 1000, 4096),
+        readahead: fc.constantFrom(false as const, { initial: 512, max: 4096 }),
+        parallel: fc.integer({ min: 1, max: 4 }),
+        corruptAt: fc.nat(),
+      }),
+      fc.array(fc.array(fc.tuple(fc.nat(), fc.nat({ max: 9000 })), { minLength: 1, maxLength: 6 }), {
+        maxLength: 6,
+      }),
+      async (config, batches) => {
+        const bytes = random(config.size);
+        const served = flipped(bytes, config.corruptAt % config.size);
+        const source = origin(served, { jitter: () => Math.floor(Math.random() * 3) });
+        const cache = createBlockCache(source.fetch, { ...config, retries: 0, digest: digestOf(bytes) });
+        const answered: [number, number][] = [];
+        let failedAt = -1;
+        let reads = 0;
+        const readOne = async (offset: number, length: number) => {
+          const started = reads++;
+          try {
+            assert.deepEqual(await cache.read(offset, length), served.slice(offset, offset + length));
+            assert.ok(failedAt < 0 || started < failedAt, 'no read started after the failure succeeds');
+            answered.push([offset, length]);
+          } catch (error) {
+            assert.ok(isErofsOciError(error, 'digest-mismatch'), String(error));
+            if (failedAt < 0) failedAt = reads;
+          }
+        };
+        for (const batch of [...batches, [[0, config.size] as [number, number]]]) {
+          await Promise.all(
+            batch.map(([a, b]) => {
+              const offset = a % config.size;
+              return readOne(offset, Math.min(b, config.size - offset));
+            }),
+          );
+        }
+        assert.ok(uncovered(config.size, answered) > 0, 'the answered reads do not cover the object');
+        assert.equal(cache.stats().verification, 'failed');
+        await assert.rejects(cache.read(0, 1), { code: 'digest-mismatch' });
+        await cache.close();
+      },
+    ),
+    { numRuns: 150 },
+  );
+});
+
+test('createBlockCache fails the read of a block fetched again that differs from its hashed first copy', async () => {
+  const bytes = random(4096);
+  let fetches = 0;
+  const cache = createBlockCache(
+    async (offset, length) => {
+      fetches++;
+      const copy = bytes.slice(offset, offset + length);
+      if (fetches === 2) copy[10] = (copy[10] as number) ^ 1;
+      return copy;
+    },
+    // No memory cache: every read fetches again.
+    { size: 4096, blockSize: 1024, memoryBytes: 0, readahead: false, digest: digestOf(bytes) },
+  );
+  assert.deepEqual(await cache.read(0, 100), bytes.subarray(0, 100));
+  await assert.rejects(cache.read(0, 100), {
+    code: 'digest-mismatch',
+    message:
+      'Cannot verify block 0 (bytes 0-1023) of ' +
+      `${digestOf(bytes)}: fetched again, it differs from the copy hashed before`,
+  });
+  assert.deepEqual(await cache.read(0, 100), bytes.subarray(0, 100));
+  await cache.close();
+});
+
+test('openBlockCache drops the disk entry of an object that fails verification and logs why', async () => {
+  await withDir(async (dir) => {
+    const size = 20_000;
+    const bytes = random(size);
+    const lines: string[] = [];
+    const cache = await openBlockCache(origin(flipped(bytes, 12_345)).fetch, {
+      size,
+      blockSize: 4096,
+      cacheDir: dir,
+      cacheId: 'blob',
+      digest: digestOf(bytes),
+      name: 'blob X',
+      log: (line) => lines.push(line),
+    });
+    assert.deepEqual(await cache.read(0, 4096), bytes.subarray(0, 4096));
+    await assert.rejects(cache.read(4096, size - 4096), (error) => {
+      assert.ok(isErofsOciError(error, 'digest-mismatch'));
+      assert.match(
+        error.message,
+        new RegExp(
+          `^Cannot verify blob X: its 20000 bytes have digest sha256:[0-9a-f]{64}, expected ${digestOf(bytes)}$`,
+        ),
+      );
+      return true;
+    });
+    await assert.rejects(cache.read(0, 10), { code: 'digest-mismatch' });
+    assert.equal(lines.length, 1);
+    assert.match(
+      lines[0] as string,
+      /^Cannot verify blob X: .*: dropping the cached bytes; every read fails from now on$/,
+    );
+    await cache.close();
+    assert.deepEqual(await readdir(dir), [], 'data, record and lock are gone');
+  });
+});
+
+test('openBlockCache verifies a complete unverified entry before answering, records it, and trusts it later', async () => {
+  await withDir(async (dir) => {
+    const size = 50_000;
+    const bytes = random(size);
+    const options = { size, blockSize: 4096, cacheDir: dir, cacheId: 'blob', readahead: false } as const;
+    // Filled without a digest: complete, not verified.
+    const unverified = await openBlockCache(origin(bytes).fetch, options);
+    await unverified.read(0, size);
+    assert.equal(unverified.stats().verification, 'off');
+    await unverified.close();
+
+    const offline = origin(bytes, { fail: () => unavailable() });
+    const lines: string[] = [];
+    const checking = await openBlockCache(offline.fetch, {
+      ...options,
+      retries: 0,
+      digest: digestOf(bytes),
+      log: (line) => lines.push(line),
+    });
+    assert.deepEqual(await checking.read(40_000, 10), bytes.subarray(40_000, 40_010));
+    assert.equal(checking.stats().verification, 'verified');
+    assert.deepEqual(lines, [`verified ${digestOf(bytes)}: its 50000 bytes match the digest`]);
+    await checking.close();
+    assert.equal(offline.calls.length, 0);
+    const record = (await readdir(dir)).find((name) => name.endsWith('.json')) as string;
+    assert.equal(JSON.parse(await readFile(join(dir, record), 'utf8')).verified, true);
+
+    // A verified entry is not hashed again (here: a digest it would not match is not even looked at).
+    const trusting = await openBlockCache(offline.fetch, { ...options, digest: digestOf(random(1)) });
+    assert.deepEqual(await trusting.read(0, 10), bytes.subarray(0, 10));
+    assert.equal(trusting.stats().verification, 'verified');
+    await trusting.close();
+  });
+  await withDir(async (dir) => {
+    const bytes = random(9000);
+    const options = { size: 9000, blockSize: 4096, cacheDir: dir, cacheId: 'blob' } as const;
+    const unverified = await openBlockCache(origin(bytes).fetch, options);
+    await unverified.read(0, 9000);
+    await unverified.close();
+    const wrong = await openBlockCache(origin(bytes).fetch, { ...options, digest: digestOf(random(9000)) });
+    await assert.rejects(wrong.read(0, 10), { code: 'digest-mismatch' });
+    await wrong.close();
+    assert.deepEqual(await readdir(dir), []);
+  });
+});
+
+interface WholeOrigin extends Origin {
+  whole: WholeFetch;
+  downloads: number;
+}
+
+/**
+ * An origin that ignores ranges, like an HTTP server answering 200 to `Range`: a range fetch returns the
+ * right bytes but is marked as answered whole, and `whole.fetch` streams the object in `chunk`-byte pieces,
+ * the first `breaks` downloads breaking after `breakAfter` bytes.
+ */
+function wholeOrigin(
+  bytes: Uint8Array,
+  options: { chunk?: number; breaks?: number; breakAfter?: number } = {},
+): WholeOrigin {
+  const marked = new WeakSet<Uint8Array>();
+  const ranged = origin(bytes, { jitter: () => 1 });
+  const result: WholeOrigin = {
+    calls: ranged.calls,
+    downloads: 0,
+    async fetch(offset, length, signal) {
+      const got = await ranged.fetch(offset, length, signal);
+      marked.add(got);
+      return got;
+    },
+    whole: {
+      answeredWhole: (got) => marked.has(got),
+      async *fetch(signal) {
+        const download = result.downloads++;
+        const chunk = options.chunk ?? 777;
+        for (let at = 0; at < bytes.byteLength; at += chunk) {
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          if (signal.aborted) throw new ErofsOciError('aborted', 'aborted');
+          if (download < (options.breaks ?? 0) && at >= (options.breakAfter ?? 0))
+            throw new ErofsOciError('unavailable', 'the connection broke');
+          yield bytes.slice(at, at + chunk);
+        }
+      },
+    },
+  };
+  return result;
+}
+
+test('createBlockCache downloads an object that ignores ranges once: into memory, a temporary file or the disk cache', async () => {
+  for (const store of ['memory', 'temporary file', 'disk cache'] as const) {
+    await withDir(async (dir) => {
+      const size = 100_000;
+      const bytes = random(size);
+      const source = wholeOrigin(bytes);
+      const lines: string[] = [];
+      const options = {
+        size,
+        blockSize: 4096,
+        memoryBytes: store === 'memory' ? 1 << 20 : 8192,
+        digest: digestOf(bytes),
+        whole: source.whole,
+        log: (line: string) => lines.push(line),
+        ...(store === 'disk cache' ? { cacheDir: join(dir, 'cache'), cacheId: 'blob' } : {}),
+      };
+      const cache = await openBlockCache(source.fetch, options);
+      const ranges: [number, number][] = [
+        [90_000, 5000],
+        [10, 20],
+        [50_000, 30_000],
+        [0, size],
+        [99_999, 1],
+      ];
+      const reads = ranges.map(([offset, length]) =>
+        cache
+          .read(offset, length)
+          .then((got) => assert.deepEqual(got, bytes.subarray(offset, offset + length))),
+      );
+      await Promise.all(reads);
+      for (const [offset, length] of ranges)
+        assert.deepEqual(await cache.read(offset, length), bytes.subarray(offset, offset + length), store);
+      assert.equal(source.calls.length, 1, `${store}: one range fetch told the origin ignores ranges`);
+      assert.equal(source.downloads, 1, `${store}: one whole download`);
+      const stats = cache.stats();
+      assert.equal(stats.wholeDownloads, 1);
+      assert.equal(stats.verification, 'verified');
+      assert.match(lines[0] as string, /ignores ranges: downloading it once, whole, into the cache$/);
+      await cache.close();
+      assert.deepEqual(
+        (await readdir(tmpdir())).filter((name) => name.startsWith('erofs-oci-blob-')),
+        [],
+        'the temporary file is never visible',
+      );
+      if (store === 'disk cache') {
+        const offline = wholeOrigin(bytes);
+        const reopened = await openBlockCache(offline.fetch, options);
+        assert.deepEqual(await reopened.read(0, size), bytes);
+        assert.equal(offline.calls.length + offline.downloads, 0, 'everything came from the disk cache');
+        await reopened.close();
+      }
+    });
+  }
+});
+
+test('createBlockCache fails the reads a broken whole download leaves behind, and the next read downloads again', async () => {
+  const size = 40_000;
+  const bytes = random(size);
+  const source = wholeOrigin(bytes, { breaks: 1, breakAfter: 20_000 });
+  const cache = createBlockCache(source.fetch, {
+    size,
+    blockSize: 4096,
+    readahead: false,
+    digest: digestOf(bytes),
+    whole: source.whole,
+  });
+  // The probe's own range is answered; the rest waits for the download, which breaks.
+  assert.deepEqual(await cache.read(0, 10), bytes.subarray(0, 10));
+  const early = cache.read(8192, 100);
+  const late = cache.read(30_000, 100);
+  assert.deepEqual(await early, bytes.subarray(8192, 8292));
+  await assert.rejects(late, (error) => {
+    assert.ok(isErofsOciError(error, 'unavailable'));
+    assert.match(
+      error.message,
+      /^Cannot download sha256:.* whole \(the origin ignores ranges\): the connection broke$/,
+    );
+    return true;
+  });
+  assert.deepEqual(await cache.read(30_000, 100), bytes.subarray(30_000, 30_100));
+  assert.deepEqual(await cache.read(0, size), bytes);
+  assert.equal(source.downloads, 2);
+  assert.equal(cache.stats().verification, 'verified');
+  await cache.close();
+});
+
+test('createBlockCache fails every read of a corrupt object downloaded whole', async () => {
+  const size = 40_000;
+  const bytes = random(size);
+  const source = wholeOrigin(flipped(bytes, 39_000));
+  const cache = createBlockCache(source.fetch, {
+    size,
+    blockSize: 4096,
+    digest: digestOf(bytes),
+    whole: source.whole,
+    readahead: false,
+  });
+  assert.deepEqual(await cache.read(0, 10), bytes.subarray(0, 10));
+  await assert.rejects(cache.read(0, size), { code: 'digest-mismatch' });
+  await assert.rejects(cache.read(0, 10), { code: 'digest-mismatch' });
+  assert.equal(source.downloads, 1);
+  assert.equal(cache.stats().verification, 'failed');
+  await cache.close();
+});
+
+test('createBlockCache probes with one fetch, and fetches waiting for a failed probe go ahead side by side', async () => {
+  const bytes = random(40_000);
+  let down = true;
+  const calls: number[] = [];
+  const source = wholeOrigin(bytes);
+  const cache = createBlockCache(
+    async (offset, length, signal) => {
+      calls.push(Date.now());
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      if (down) throw unavailable();
+      return source.fetch(offset, length, signal);
+    },
+    { size: 40_000, blockSize: 4096, readahead: false, retries: 0, whole: source.whole },
+  );
+  const started = Date.now();
+  const reads = [0, 12_000, 24_000, 36_000].map((offset) => cache.read(offset, 10));
+  for (const read of reads) await assert.rejects(read, { code: 'unavailable' });
+  const elapsed = Date.now() - started;
+  assert.equal(calls.length, 4);
+  assert.ok((calls[1] as number) - (calls[0] as number) >= 90, 'the others waited for the probe');
+  assert.ok(elapsed < 350, `the waiting fetches ran side by side (${elapsed} ms, not 4 x 100 ms)`);
+  down = false;
+  assert.deepEqual(await cache.read(36_000, 10), bytes.subarray(36_000, 36_010));
+  await cache.close();
 });

@@ -7,19 +7,58 @@
  * - reads ahead: a read continuing a sequential stream prefetches a window after it that doubles per read
  *   from `readahead.initial` to `readahead.max`, as the kernel's page cache readahead does;
  * - retries failed fetches a bounded number of times with exponential backoff, except for errors retrying
- *   cannot fix (digest mismatch, not found, authentication).
+ *   cannot fix (digest mismatch, not found, authentication);
+ * - copes with an origin that ignores ranges (`whole`; an HTTP server answering 200 to `Range`): the first
+ *   range fetch runs alone and decides. After a whole answer the object is downloaded once, in order, into
+ *   the cache — the disk cache, else memory when the object fits the budget, else a private temporary file
+ *   — and every read is served from there, waiting for the download to pass its blocks, instead of every
+ *   fetch downloading the object again up to its range;
+ * - verifies the object against its digest (`digest`; see "Integrity").
  * A read resolves with exactly the bytes asked for or rejects; missing bytes are never made up.
+ *
+ * Integrity. Ranges cannot be checked one by one: only the whole object has a digest. The cache hashes the
+ * object in order as blocks come in (a running hash over blocks 0, 1, 2, … fed from fetches, memory and the
+ * disk cache) and keeps a SHA-256 of every block it has hashed. What that guarantees:
+ * - once every block has been fetched at least once, no read is answered before the running hash has
+ *   reached the end and matched; a read arriving meanwhile waits for the verdict. On a mismatch the memory
+ *   and disk caches are dropped and every read fails with 'digest-mismatch' from then on (the NBD server
+ *   answers EIO), so a client reading the whole object (nbdcopy) gets an error, never a complete copy of
+ *   wrong bytes;
+ * - a block fetched again after it was hashed (evicted, or damaged on disk) must equal its first copy, or
+ *   its read fails with 'digest-mismatch';
+ * - reads answered before every block has been fetched carry bytes not yet verified, as any lazy read must;
+ * - the running hash needs each block while it is still at hand. Blocks fetched in order (sequential copies)
+ *   cost one hash pass and nothing else; blocks ahead of it wait in a side table (bounded by a quarter of
+ *   the memory budget, on top of it), in memory or in the disk cache. Without a disk cache, a block evicted before the hash reached it stalls verification
+ *   until a read fetches that block again, so random access to an object larger than the memory budget
+ *   may stay unverified (`stats().verification` says 'pending'). With a disk cache every block stays at
+ *   hand and the verdict comes with the last block. A verified disk entry is marked so in its record and
+ *   is not hashed again when reopened (its blocks keep their CRC-32C; a damaged one fetched again then has
+ *   no first copy to be compared with, and clears the mark for the next opening).
  *
  * Disk cache layout (`cacheDir`, mode 0700), per `cacheId`, under the SHA-256 of the id:
  * - `KEY.data`: a sparse file of the source's size, blocks written at their offsets (0600);
- * - `KEY.json`: which blocks the data file holds, each with its CRC-32C, rewritten atomically (0600) after
- *   the data file is synced, so a block is listed only once its bytes are durable; a block whose bytes do
- *   not match its checksum on reading is fetched again;
+ * - `KEY.json`: which blocks the data file holds, each with its CRC-32C, and whether the whole object was
+ *   verified against its digest, rewritten atomically (0600) after the data file is synced, so a block is
+ *   listed only once its bytes are durable; a block whose bytes do not match its checksum on reading is
+ *   fetched again;
  * - `KEY.lock`: the pid of the process using the entry; a second live process is refused.
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chmod, type FileHandle, mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  type FileHandle,
+  mkdir,
+  mkdtemp,
+  open,
+  readFile,
+  rename,
+  rmdir,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErofsOciError, isErofsOciError, throwIfAborted } from '../errors.ts';
 import type { ByteSource, Closable, ReadOptions } from './byte-source.ts';
@@ -27,6 +66,14 @@ import { crc32c } from './crc32c.ts';
 
 /** Fetches exactly `length` bytes at `offset` of the underlying object. */
 export type RangeFetch = (offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array>;
+
+/** For origins that may ignore ranges and answer with the whole object instead (HTTP 200 to `Range`). */
+export interface WholeFetch {
+  /** Whether the origin answered the range fetch that produced `bytes` with the whole object. */
+  answeredWhole(bytes: Uint8Array): boolean;
+  /** The whole object from its start, in order; throws when it cannot be had. */
+  fetch(signal: AbortSignal): AsyncIterable<Uint8Array>;
+}
 
 export interface BlockCacheOptions {
   /** Size of the underlying object in bytes. */
@@ -49,10 +96,21 @@ export interface BlockCacheOptions {
   retries?: number;
   /** Delay before the first retry; doubles each time. Default 200 ms. */
   retryDelayMs?: number;
+  /** Digest of the object (`sha256:HEX` or `sha512:HEX`) to verify it against (see "Integrity"). */
+  digest?: string;
+  /** Download the object whole when the origin ignores ranges. */
+  whole?: WholeFetch;
+  /** What the object is, for messages (default: its digest or cache id). */
+  name?: string;
+  /** Reports what no read would tell: a verdict on the digest, a switch to whole downloads. */
+  log?: (line: string) => void;
 }
 
+/** 'off' without a digest; 'pending' until every block has been hashed in order. */
+export type Verification = 'off' | 'pending' | 'verified' | 'failed';
+
 export interface BlockCacheStats {
-  /** Calls of the fetch function, retries included. */
+  /** Calls of the fetch function, retries included, plus whole downloads started. */
   fetches: number;
   bytesFetched: number;
   /** Blocks found in memory or on disk. */
@@ -66,6 +124,9 @@ export interface BlockCacheStats {
   /** Blocks fetched by readahead. */
   readaheadBlocks: number;
   retries: number;
+  /** Downloads of the whole object (the origin ignores ranges). */
+  wholeDownloads: number;
+  verification: Verification;
 }
 
 export interface BlockCache extends ByteSource, Closable {
@@ -106,6 +167,8 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   const maxFetchBlocks = Math.max(1, Math.floor((options.maxFetchBytes ?? 8 * MiB) / blockSize));
   const retries = options.retries ?? 3;
   const retryDelayMs = options.retryDelayMs ?? 200;
+  const name = options.name ?? options.digest ?? options.cacheId ?? 'the cached object';
+  const log = options.log ?? (() => {});
   if (!Number.isSafeInteger(size) || size < 0)
     throw new ErofsOciError('usage', `Cannot create block cache: invalid size ${size}`);
   if (!Number.isSafeInteger(blockSize) || blockSize < 512) {
@@ -119,7 +182,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   const blockCount = Math.ceil(size / blockSize);
   const blockLength = (block: number) => Math.min(blockSize, size - block * blockSize);
 
-  const stats: BlockCacheStats = {
+  const stats: Omit<BlockCacheStats, 'verification'> = {
     fetches: 0,
     bytesFetched: 0,
     hits: 0,
@@ -128,6 +191,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     misses: 0,
     readaheadBlocks: 0,
     retries: 0,
+    wholeDownloads: 0,
   };
   /** Blocks in memory, least recently used first (Map keeps insertion order). */
   const memory = new Map<number, Uint8Array>();
@@ -138,6 +202,43 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   const lifetime = new AbortController();
   const streams = new ReadaheadStreams();
   let closed = false;
+  /** Set once the object failed verification: every read fails with it. */
+  let failure: ErofsOciError | undefined;
+
+  /**
+   * How the origin serves: unknown until the first range fetch answers (only with `whole`), then by ranges
+   * or whole. While unknown, one fetch probes and the others wait for its answer.
+   */
+  let mode: 'unknown' | 'ranges' | 'whole' = options.whole ? 'unknown' : 'ranges';
+  let probe: Promise<void> | null = null;
+  /** Whole mode: blocks readers wait for, resolved as the download passes them. */
+  const wholeWaiters = new Map<number, Deferred<Uint8Array>>();
+  let download: Promise<void> | null = null;
+  /** Whole mode without a disk cache, for an object larger than the memory budget: a private temp file. */
+  let spill: Promise<void> | null = null;
+
+  const verifier =
+    options.digest === undefined
+      ? null
+      : new OrderedVerifier({
+          digest: options.digest,
+          name,
+          size,
+          blockSize,
+          blockCount,
+          aheadBudget: Math.max(4 * blockSize, Math.floor(memoryBudget / 4)),
+          lookup: (block) => {
+            const bytes = memory.get(block);
+            if (bytes) return bytes;
+            if (diskCache?.has(block)) return diskCache.load(block, blockLength(block));
+            return undefined;
+          },
+          verified: () => {
+            log(`verified ${name}: its ${size} bytes match the digest`);
+            diskCache?.markVerified();
+          },
+          failed: (error) => enterFailure(error),
+        });
 
   const disk: Promise<DiskCache | null> =
     options.cacheDir === undefined
@@ -152,14 +253,31 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
         : DiskCache.open(options.cacheDir, options.cacheId, size, blockSize);
   // Reads and `ready()` observe the failure; this handler only keeps it from being reported as unhandled.
   disk.catch(() => {});
+  /** The disk cache, or the temporary file of a whole download; null while neither exists. */
   let diskCache: DiskCache | null = null;
   const diskReady = disk.then((d) => {
     diskCache = d;
+    if (d && verifier && !closed) {
+      // Blocks kept from an earlier run were fetched then; a complete, verified entry needs no hashing.
+      if (d.verified && d.count === blockCount) verifier.trust();
+      else verifier.markFetched(d.blocks());
+    }
   });
   diskReady.catch(() => {});
 
+  function enterFailure(error: ErofsOciError): void {
+    if (failure || closed) return;
+    failure = error;
+    log(`${error.message}: dropping the cached bytes; every read fails from now on`);
+    memory.clear();
+    memoryBytes = 0;
+    for (const waiter of wholeWaiters.values()) waiter.reject(error);
+    wholeWaiters.clear();
+    void diskCache?.discard();
+  }
+
   function remember(block: number, bytes: Uint8Array): void {
-    if (bytes.byteLength > memoryBudget) return;
+    if (bytes.byteLength > memoryBudget || failure) return;
     const old = memory.get(block);
     if (old) {
       memory.delete(block);
@@ -190,7 +308,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     promise.then(
       (bytes) => {
         if (pending.get(block) === promise) pending.delete(block);
-        if (closed) return;
+        if (closed || failure) return;
         remember(block, bytes);
         if (store) diskCache?.store(block, bytes);
       },
@@ -212,6 +330,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     try {
       for (let attempt = 0; ; attempt++) {
         if (closed) throw new ErofsOciError('aborted', 'the block cache is closed');
+        if (failure) throw failure;
         stats.fetches++;
         try {
           const bytes = await fetch(offset, length, lifetime.signal);
@@ -226,7 +345,8 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
         } catch (error) {
           const permanent = isErofsOciError(error) && PERMANENT.has(error.code);
           if (permanent || attempt >= retries || closed) {
-            if (isErofsOciError(error) && (permanent || closed)) throw error;
+            // Not retried (or not at all): the error as it is says enough.
+            if (isErofsOciError(error) && (permanent || closed || attempt === 0)) throw error;
             const reason = error instanceof Error ? error.message : String(error);
             const code = isErofsOciError(error) ? error.code : 'io';
             throw new ErofsOciError(
@@ -246,21 +366,179 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     }
   }
 
-  /** Starts fetching the consecutive blocks `first..first+count-1` as one range; returns their promises. */
+  /**
+   * A range fetch, or null when the object comes whole instead. While the mode is unknown the first fetch
+   * probes alone and the others wait for its answer; should the probe fail, they fetch side by side (each
+   * answer decides as well), so that a registry that is down costs each of them one retry budget, not a
+   * queue of them.
+   */
+  function fetchRangeOrWhole(
+    offset: number,
+    length: number,
+    priority: 'demand' | 'readahead',
+  ): Promise<Uint8Array | null> {
+    if (mode === 'whole') return Promise.resolve(null);
+    if (mode === 'ranges') return fetchRange(offset, length, priority);
+    if (probe) {
+      return probe.then(() => (mode === 'whole' ? null : decide(fetchRange(offset, length, priority))));
+    }
+    const fetched = decide(fetchRange(offset, length, priority));
+    probe = fetched
+      .then(
+        () => {},
+        () => {
+          // A failed probe decides nothing: the fetches waiting for it go ahead, the next one probes again.
+        },
+      )
+      .finally(() => {
+        probe = null;
+      });
+    return fetched;
+  }
+
+  /** The first range fetch to succeed tells how the origin serves. */
+  function decide(fetched: Promise<Uint8Array>): Promise<Uint8Array> {
+    return fetched.then((bytes) => {
+      if (mode === 'unknown') {
+        if (options.whole?.answeredWhole(bytes)) switchToWhole();
+        else mode = 'ranges';
+      }
+      return bytes;
+    });
+  }
+
+  function switchToWhole(): void {
+    mode = 'whole';
+    log(`the origin of ${name} ignores ranges: downloading it once, whole, into the cache`);
+    if (diskCache === null && size > memoryBudget) {
+      spill = DiskCache.openTemporary(size, blockSize).then((file) => {
+        if (closed) return file.close();
+        diskCache = file;
+      });
+      spill.catch(() => {
+        // The download reports it: it cannot keep the blocks anywhere.
+      });
+    }
+  }
+
+  /** Whole mode: the block once the download passes it (starting the download if none is running). */
+  function wholeBlock(block: number): Promise<Uint8Array> {
+    if (failure) return Promise.reject(failure);
+    let waiter = wholeWaiters.get(block);
+    if (!waiter) {
+      waiter = deferred();
+      wholeWaiters.set(block, waiter);
+    }
+    download ??= downloadWhole().finally(() => {
+      download = null;
+    });
+    return waiter.promise;
+  }
+
+  /** One download of the whole object, in order, into the caches; fails the waiters it leaves behind. */
+  async function downloadWhole(): Promise<void> {
+    stats.fetches++;
+    stats.wholeDownloads++;
+    let block = 0;
+    let filled = 0;
+    let buffer = new Uint8Array(blockLength(0));
+    try {
+      if (spill) await spill;
+      const whole = options.whole as WholeFetch;
+      for await (const chunk of whole.fetch(lifetime.signal)) {
+        if (failure) throw failure;
+        stats.bytesFetched += chunk.byteLength;
+        for (let at = 0; at < chunk.byteLength; ) {
+          if (block >= blockCount)
+            throw new ErofsOciError('io', `the download of ${name} is longer than ${size} bytes`);
+          const take = Math.min(buffer.byteLength - filled, chunk.byteLength - at);
+          buffer.set(chunk.subarray(at, at + take), filled);
+          filled += take;
+          at += take;
+          if (filled === buffer.byteLength) {
+            await deliver(block, buffer);
+            block++;
+            filled = 0;
+            if (block < blockCount) buffer = new Uint8Array(blockLength(block));
+          }
+        }
+      }
+      if (block < blockCount) {
+        throw new ErofsOciError(
+          'io',
+          `the download of ${name} ended at byte ${block * blockSize + filled} of ${size}`,
+        );
+      }
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      const failed: ErofsOciError =
+        failure !== undefined && error === failure
+          ? failure
+          : new ErofsOciError(
+              closed ? 'aborted' : isErofsOciError(error) ? error.code : 'io',
+              `Cannot download ${name} whole (the origin ignores ranges): ${reason}`,
+              { cause: error },
+            );
+      // The origin's own check of the whole download (the registry client verifies blob streams).
+      if (isErofsOciError(error, 'digest-mismatch')) enterFailure(failed);
+      for (const waiter of wholeWaiters.values()) waiter.reject(failed);
+      wholeWaiters.clear();
+    }
+  }
+
+  /**
+   * A block fetched from the origin: checked against its first copy when that was hashed, kept in memory
+   * and on disk, then handed to the running hash. Kept first, so that the hash finds at hand every block it
+   * was handed (see "Integrity"); a reader that takes it from memory meanwhile still waits for the verdict.
+   */
+  async function accept(block: number, bytes: Uint8Array): Promise<void> {
+    verifier?.check(block, bytes);
+    if (closed) throw new ErofsOciError('aborted', 'the block cache is closed');
+    remember(block, bytes);
+    if (!failure) diskCache?.store(block, bytes);
+    await verifier?.offer(block, bytes);
+  }
+
+  /** Whole mode: a block the download completed goes to the caches, the verifier and its readers. */
+  async function deliver(block: number, bytes: Uint8Array): Promise<void> {
+    const waiter = wholeWaiters.get(block);
+    try {
+      await accept(block, bytes);
+    } catch (error) {
+      wholeWaiters.delete(block);
+      waiter?.reject(error);
+      throw error;
+    }
+    if (waiter) {
+      wholeWaiters.delete(block);
+      waiter.resolve(bytes);
+    }
+  }
+
+  /** Starts getting the consecutive blocks `first..first+count-1` (one range fetch); returns their promises. */
   function fetchBlocks(
     first: number,
     count: number,
     priority: 'demand' | 'readahead',
   ): Promise<Uint8Array>[] {
+    const promises: Promise<Uint8Array>[] = [];
+    if (mode === 'whole') {
+      for (let i = 0; i < count; i++) promises.push(track(first + i, wholeBlock(first + i), false));
+      return promises;
+    }
     const offset = first * blockSize;
     const length = Math.min(size, (first + count) * blockSize) - offset;
-    const whole = fetchRange(offset, length, priority);
-    const promises: Promise<Uint8Array>[] = [];
+    const range = fetchRangeOrWhole(offset, length, priority);
     for (let i = 0; i < count; i++) {
       const block = first + i;
-      // Copies, so that the cache keeps block-sized buffers rather than views pinning the whole range.
-      const part = whole.then((bytes) => bytes.slice(i * blockSize, i * blockSize + blockLength(block)));
-      promises.push(track(block, part, true));
+      const part = range.then(async (bytes) => {
+        if (bytes === null) return wholeBlock(block);
+        // Copies, so that the cache keeps block-sized buffers rather than views pinning the whole range.
+        const own = bytes.slice(i * blockSize, i * blockSize + blockLength(block));
+        await accept(block, own);
+        return own;
+      });
+      promises.push(track(block, part, false));
     }
     return promises;
   }
@@ -276,6 +554,8 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
           const bytes = await cache.load(block, blockLength(block));
           if (bytes) {
             stats.diskHits++;
+            // Checked by their CRC already; handed over so that the running hash need not read them again.
+            await verifier?.offer(block, bytes);
             return bytes;
           }
           // The disk copy is damaged or unreadable: fetch the block again.
@@ -342,6 +622,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
         `Cannot read ${length} bytes at offset ${offset} of a ${size}-byte object`,
       );
     }
+    if (failure) throw failure;
     if (length === 0) return new Uint8Array(0);
     if (diskCache === null && options.cacheDir !== undefined) await raceAbort(diskReady, readOptions.signal);
 
@@ -367,6 +648,9 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     readAhead(first, last);
 
     const blocks = await raceAbort(Promise.all(parts), readOptions.signal);
+    // Every block has been fetched once: nothing is answered before the digest's verdict (module comment).
+    if (verifier?.awaitingVerdict) await raceAbort(verifier.settled(), readOptions.signal);
+    if (failure) throw failure;
     const out = new Uint8Array(length);
     let at = 0;
     for (let i = 0; i < blocks.length; i++) {
@@ -383,22 +667,232 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   return {
     size,
     read,
-    stats: () => ({ ...stats }),
+    stats: () => ({ ...stats, verification: verifier?.state ?? 'off' }),
     ready: () => diskReady,
     async close(): Promise<void> {
       if (closed) return;
       closed = true;
-      lifetime.abort(new ErofsOciError('aborted', 'the block cache is closed'));
+      const reason = new ErofsOciError('aborted', 'the block cache is closed');
+      lifetime.abort(reason);
+      for (const waiter of wholeWaiters.values()) waiter.reject(reason);
+      wholeWaiters.clear();
       memory.clear();
       memoryBytes = 0;
+      await download?.catch(() => {});
+      await spill?.catch(() => {});
       const d = await disk.catch(() => null);
       await d?.close();
+      if (diskCache !== d) await diskCache?.close();
     },
   };
 }
 
 /** Placeholder replaced before anything awaits it. */
 const NOT_YET: Promise<Uint8Array> = Promise.resolve(new Uint8Array(0));
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(error: unknown): void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (error: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Waiters may be rejected (close, failure) after the reads that wanted them gave up.
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+interface VerifierOptions {
+  digest: string;
+  name: string;
+  size: number;
+  blockSize: number;
+  blockCount: number;
+  /** Bytes of blocks ahead of the running hash it may hold on to. */
+  aheadBudget: number;
+  /** A block's bytes from memory or disk, when they are still at hand. */
+  lookup(block: number): Uint8Array | Promise<Uint8Array | null> | undefined;
+  verified(): void;
+  failed(error: ErofsOciError): void;
+}
+
+/**
+ * The running digest of an object whose blocks arrive in any order (see "Integrity" in the module
+ * comment): blocks are hashed strictly in order, each as soon as it and all before it are at hand.
+ */
+class OrderedVerifier {
+  readonly #options: VerifierOptions;
+  readonly #algorithm: string;
+  readonly #expected: string;
+  readonly #hash: Hash;
+  /** The next block the running hash needs. */
+  #next = 0;
+  /**
+   * The first 16 bytes of the SHA-256 of every block hashed so far (blocks before `#next`), to check copies
+   * fetched again: 16 bytes per block, 0.4% of the object at 4 KiB blocks.
+   */
+  readonly #blockHashes: Uint8Array;
+  readonly #fetched: Uint8Array;
+  #fetchedCount = 0;
+  /** Blocks that arrived ahead of the running hash, kept within the budget. */
+  readonly #ahead = new Map<number, Uint8Array>();
+  #aheadBytes = 0;
+  /** The hashing in progress: one at a time, in order. */
+  #chain: Promise<void> = Promise.resolve();
+  #failure: ErofsOciError | undefined;
+  state: 'pending' | 'verified' | 'failed' = 'pending';
+
+  constructor(options: VerifierOptions) {
+    const match = /^(sha256|sha512):([0-9a-f]+)$/.exec(options.digest);
+    if (!match || (match[2] as string).length !== (match[1] === 'sha256' ? 64 : 128)) {
+      throw new ErofsOciError(
+        'usage',
+        `Cannot create block cache: cannot verify digest ${options.digest} (sha256:HEX or sha512:HEX)`,
+      );
+    }
+    this.#options = options;
+    this.#algorithm = match[1] as string;
+    this.#expected = match[2] as string;
+    this.#hash = createHash(this.#algorithm);
+    this.#fetched = new Uint8Array(options.blockCount);
+    this.#blockHashes = new Uint8Array(options.blockCount * BLOCK_HASH_BYTES);
+    if (options.blockCount === 0) void this.#pump().catch(() => {});
+  }
+
+  /** Every block has been fetched once and the verdict is still out: reads wait for it. */
+  get awaitingVerdict(): boolean {
+    return this.state === 'pending' && this.#fetchedCount === this.#options.blockCount;
+  }
+
+  /** Resolves when the hashing started so far is done (it may stop short of the end: see the module comment). */
+  settled(): Promise<void> {
+    return this.#chain;
+  }
+
+  /** Blocks a disk cache kept from an earlier run. */
+  markFetched(blocks: Iterable<number>): void {
+    for (const block of blocks) this.#mark(block);
+    if (this.awaitingVerdict) void this.#pump().catch(() => {});
+  }
+
+  /** The disk cache holds every block and verified them in an earlier run. */
+  trust(): void {
+    if (this.state === 'pending') this.state = 'verified';
+  }
+
+  /** Throws when a block fetched again differs from its first copy, which the running hash has taken. */
+  check(block: number, bytes: Uint8Array): void {
+    if (this.#failure) throw this.#failure;
+    if (block >= this.#next) return;
+    const known = this.#blockHashes.subarray(block * BLOCK_HASH_BYTES, (block + 1) * BLOCK_HASH_BYTES);
+    if (!blockHash(bytes).equals(known)) {
+      const start = block * this.#options.blockSize;
+      throw new ErofsOciError(
+        'digest-mismatch',
+        `Cannot verify block ${block} (bytes ${start}-${start + bytes.byteLength - 1}) of ${this.#options.name}: fetched again, it differs from the copy hashed before`,
+      );
+    }
+  }
+
+  /**
+   * Takes a block just fetched (after `check`) or loaded from the disk cache, which the caller has kept in
+   * memory or on disk where it could. Rejects, when it is the last block missing, with the verdict.
+   */
+  async offer(block: number, bytes: Uint8Array): Promise<void> {
+    if (this.#failure) throw this.#failure;
+    if (this.state !== 'pending' || block < this.#next) return;
+    this.#mark(block);
+    const completing = this.awaitingVerdict;
+    // The block the hash needs next and the one completing the object are held whatever the budget: the
+    // caches may not have kept them (no disk cache, a small memory budget).
+    if (
+      !this.#ahead.has(block) &&
+      (block === this.#next || completing || this.#aheadBytes + bytes.byteLength <= this.#options.aheadBudget)
+    ) {
+      this.#ahead.set(block, bytes);
+      this.#aheadBytes += bytes.byteLength;
+    }
+    if (block !== this.#next && !completing) return;
+    const run = this.#pump();
+    if (completing) await run;
+    else run.catch(() => {});
+  }
+
+  #mark(block: number): void {
+    if (block < this.#options.blockCount && this.#fetched[block] === 0) {
+      this.#fetched[block] = 1;
+      this.#fetchedCount++;
+    }
+  }
+
+  #pump(): Promise<void> {
+    const run = this.#chain.then(() => this.#advance());
+    this.#chain = run.catch(() => {
+      // The reader whose block completed the hash gets the verdict; later hashing still runs.
+    });
+    return run;
+  }
+
+  async #advance(): Promise<void> {
+    const count = this.#options.blockCount;
+    while (this.state === 'pending' && this.#next < count) {
+      const block = this.#next;
+      let bytes = this.#ahead.get(block) ?? null;
+      if (!bytes) {
+        const found = this.#options.lookup(block);
+        bytes = (found instanceof Promise ? await found : found) ?? null;
+        if (this.state !== 'pending' || this.#next !== block) continue;
+      }
+      // Not at hand (never fetched, or evicted): a later fetch of it resumes the hashing.
+      if (!bytes) break;
+      this.#hash.update(bytes);
+      this.#blockHashes.set(blockHash(bytes), block * BLOCK_HASH_BYTES);
+      const held = this.#ahead.get(block);
+      if (held) {
+        this.#ahead.delete(block);
+        this.#aheadBytes -= held.byteLength;
+      }
+      this.#next++;
+    }
+    // Blocks held beyond the budget (see `offer`) are let go once this pass is over.
+    if (this.#aheadBytes > this.#options.aheadBudget) {
+      for (const held of [...this.#ahead.keys()].sort((a, b) => b - a)) {
+        if (this.#aheadBytes <= this.#options.aheadBudget) break;
+        this.#aheadBytes -= (this.#ahead.get(held) as Uint8Array).byteLength;
+        this.#ahead.delete(held);
+      }
+    }
+    if (this.state === 'pending' && this.#next === count) {
+      const actual = this.#hash.digest('hex');
+      this.#ahead.clear();
+      this.#aheadBytes = 0;
+      if (actual === this.#expected) {
+        this.state = 'verified';
+        this.#options.verified();
+      } else {
+        this.state = 'failed';
+        this.#failure = new ErofsOciError(
+          'digest-mismatch',
+          `Cannot verify ${this.#options.name}: its ${this.#options.size} bytes have digest ${this.#algorithm}:${actual}, expected ${this.#options.digest}`,
+        );
+        this.#options.failed(this.#failure);
+      }
+    }
+    if (this.#failure) throw this.#failure;
+  }
+}
+
+const BLOCK_HASH_BYTES = 16;
+
+function blockHash(bytes: Uint8Array): Buffer {
+  return createHash('sha256').update(bytes).digest().subarray(0, BLOCK_HASH_BYTES);
+}
 
 /**
  * A counting semaphore for range fetches where demand reads overtake queued readahead: prefetching must
@@ -468,6 +962,8 @@ interface CacheRecord {
   blockSize: number;
   /** [block index, CRC-32C of its bytes] for every block the data file holds durably. */
   blocks: [number, number][];
+  /** The data file holds every block and they matched the object's digest (absent in older records). */
+  verified?: boolean;
 }
 
 interface CachePaths {
@@ -476,23 +972,30 @@ interface CachePaths {
   lock: string;
 }
 
-/** The on-disk half of the cache (see the module comment for the layout). */
+/**
+ * The on-disk half of the cache (see the module comment for the layout), or, without paths, a private
+ * temporary file (unlinked as soon as it is open, so nothing outlives the process) that holds a whole
+ * download too large for memory.
+ */
 class DiskCache {
   readonly #data: FileHandle;
-  readonly #paths: CachePaths;
+  readonly #paths: CachePaths | null;
   readonly #base: Omit<CacheRecord, 'blocks'>;
   readonly #blockSize: number;
   /** Blocks whose bytes are in the data file (written, maybe not yet synced), with their checksums. */
   readonly #present = new Map<number, number>();
-  #writes = new Set<Promise<void>>();
+  /** Blocks being written: they count as present, and loading one waits for its write. */
+  readonly #writing = new Map<number, Promise<void>>();
+  #verified = false;
   #dirty = false;
   #flushTimer: NodeJS.Timeout | null = null;
   #flushing: Promise<void> = Promise.resolve();
   #closed = false;
+  #discarded = false;
 
   private constructor(
     data: FileHandle,
-    paths: CachePaths,
+    paths: CachePaths | null,
     base: Omit<CacheRecord, 'blocks'>,
     blockSize: number,
   ) {
@@ -543,6 +1046,7 @@ class DiskCache {
             cache.#present.set(entry[0], entry[1]);
           }
         }
+        cache.#verified = record.verified === true;
       }
       return cache;
     } catch (error) {
@@ -552,14 +1056,53 @@ class DiskCache {
     }
   }
 
+  /** A private file in the system's temporary directory, gone when closed (or when the process dies). */
+  static async openTemporary(size: number, blockSize: number): Promise<DiskCache> {
+    const action = `Cannot create a temporary file in ${tmpdir()} for a ${size}-byte download`;
+    let dir: string | undefined;
+    try {
+      dir = await mkdtemp(join(tmpdir(), 'erofs-oci-blob-'));
+      const path = join(dir, 'data');
+      const data = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+      await unlink(path);
+      await rmdir(dir);
+      dir = undefined;
+      try {
+        await data.truncate(size);
+      } catch (error) {
+        await data.close();
+        throw error;
+      }
+      const base = { format: 'erofs-oci-block-cache', version: 1, cacheId: '', size, blockSize } as const;
+      return new DiskCache(data, null, base, blockSize);
+    } catch (error) {
+      if (dir !== undefined) await rmdir(dir).catch(() => {});
+      throw fsError(action, error);
+    }
+  }
+
+  /** Whether the entry holds every block and verified them in an earlier run. */
+  get verified(): boolean {
+    return this.#verified;
+  }
+
+  get count(): number {
+    return this.#present.size;
+  }
+
+  blocks(): Iterable<number> {
+    return this.#present.keys();
+  }
+
   has(block: number): boolean {
-    return this.#present.has(block);
+    return this.#present.has(block) || this.#writing.has(block);
   }
 
   /** The block's bytes, or null when they are unreadable or do not match their checksum. */
   async load(block: number, length: number): Promise<Uint8Array | null> {
+    await this.#writing.get(block);
     const expected = this.#present.get(block);
-    if (expected === undefined || this.#closed) return null;
+    if (expected === undefined || this.#closed || this.#discarded) return null;
     const bytes = new Uint8Array(length);
     try {
       let done = 0;
@@ -573,36 +1116,82 @@ class DiskCache {
         if (bytesRead === 0) break;
         done += bytesRead;
       }
-      if (done === length && crc32c(bytes) === expected) return bytes;
+      // A temporary file lives as long as this process: no checksums needed for its blocks.
+      if (done === length && (this.#paths === null || crc32c(bytes) === expected)) return bytes;
     } catch {
       // An unreadable cache block is a cache miss: the caller fetches the bytes again.
     }
     this.#present.delete(block);
+    // Its replacement is fetched again: the entry is no longer known to match the digest as a whole.
+    this.#verified = false;
     this.#dirty = true;
     return null;
   }
 
   /** Writes a fetched block in the background; the record lists it after the next sync. */
   store(block: number, bytes: Uint8Array): void {
-    if (this.#closed || this.#present.has(block)) return;
-    const write = (async () => {
-      try {
-        await this.#data.write(bytes, 0, bytes.byteLength, block * this.#blockSize);
-        if (!this.#closed) {
-          this.#present.set(block, crc32c(bytes));
-          this.#dirty = true;
-          this.#scheduleFlush();
-        }
-      } catch {
-        // A block that cannot be written (disk full) stays uncached; reads fetch it again.
+    if (this.#closed || this.#discarded || this.has(block)) return;
+    const write = this.#write(block, bytes);
+    this.#writing.set(block, write);
+    void write.finally(() => {
+      if (this.#writing.get(block) === write) this.#writing.delete(block);
+    });
+  }
+
+  async #write(block: number, bytes: Uint8Array): Promise<void> {
+    try {
+      let done = 0;
+      while (done < bytes.byteLength) {
+        const { bytesWritten } = await this.#data.write(
+          bytes,
+          done,
+          bytes.byteLength - done,
+          block * this.#blockSize + done,
+        );
+        done += bytesWritten;
       }
-    })();
-    this.#writes.add(write);
-    void write.finally(() => this.#writes.delete(write));
+      if (!this.#closed && !this.#discarded) {
+        this.#present.set(block, this.#paths === null ? 0 : crc32c(bytes));
+        this.#dirty = true;
+        this.#scheduleFlush();
+      }
+    } catch {
+      // A block that cannot be written (disk full) stays uncached; reads fetch it again.
+    }
+  }
+
+  /** Records that every block matched the object's digest, so a reopened entry is not hashed again. */
+  markVerified(): void {
+    if (this.#verified || this.#closed || this.#discarded) return;
+    this.#verified = true;
+    this.#dirty = true;
+    this.#scheduleFlush();
+  }
+
+  /** Forgets every block and removes the entry's files (its bytes failed verification); keeps the lock. */
+  async discard(): Promise<void> {
+    if (this.#discarded) return;
+    this.#discarded = true;
+    this.#present.clear();
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    this.#flushTimer = null;
+    await Promise.allSettled(this.#writing.values());
+    await this.#flushing;
+    if (this.#paths === null) {
+      await this.#data.truncate(0).catch(() => {
+        // The file is already unlinked: its space comes back when it is closed.
+      });
+      return;
+    }
+    for (const path of [this.#paths.record, this.#paths.data]) {
+      await unlink(path).catch(() => {
+        // Already gone, or not ours to remove: either way no reader can use it any more.
+      });
+    }
   }
 
   #scheduleFlush(): void {
-    if (this.#flushTimer) return;
+    if (this.#flushTimer || this.#paths === null) return;
     this.#flushTimer = setTimeout(() => {
       this.#flushTimer = null;
       this.#flushing = this.#flushing
@@ -615,18 +1204,20 @@ class DiskCache {
 
   /** Syncs the data file, then atomically replaces the record with what the data file now holds. */
   async #flush(): Promise<void> {
-    if (!this.#dirty) return;
+    if (!this.#dirty || this.#paths === null || this.#discarded) return;
     this.#dirty = false;
     const blocks: [number, number][] = [...this.#present].sort((a, b) => a[0] - b[0]);
     await this.#data.datasync();
-    const record: CacheRecord = { ...this.#base, blocks };
+    if (this.#discarded) return;
+    const record: CacheRecord = { ...this.#base, blocks, verified: this.#verified };
     const temporary = `${this.#paths.record}.${process.pid}.tmp`;
     await writeFile(temporary, JSON.stringify(record), { mode: 0o600 });
     await rename(temporary, this.#paths.record);
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled(this.#writes);
+    if (this.#closed) return;
+    await Promise.allSettled(this.#writing.values());
     if (this.#flushTimer) clearTimeout(this.#flushTimer);
     this.#flushTimer = null;
     this.#closed = true;
@@ -635,7 +1226,7 @@ class DiskCache {
       // Unlisted blocks are fetched again next time; closing must still release the file and the lock.
     });
     await this.#data.close();
-    await unlink(this.#paths.lock).catch(() => {});
+    if (this.#paths) await unlink(this.#paths.lock).catch(() => {});
   }
 }
 

@@ -54,6 +54,20 @@ export interface SignalOptions {
 }
 
 const USER_AGENT = 'erofs-oci/0.1';
+
+/** Results of `readRange` that a registry answered with the whole blob (status 200: `Range` ignored). */
+const answeredWhole = new WeakSet<Uint8Array>();
+
+/**
+ * Whether the registry ignored `Range` while `readRange` produced `bytes` (it answered 200 with the whole
+ * blob, of which the range was cut out). The bytes are right either way; a caller that reads many ranges
+ * should then download the blob once instead (see src/io/block-cache.ts). A mark on the result rather than
+ * an option or a callback, so that it passes unchanged through every `RangeReader` in between.
+ */
+export function wasAnsweredWhole(bytes: Uint8Array): boolean {
+  return answeredWhole.has(bytes);
+}
+
 /** Registry error documents are small; a longer one is cut, it only feeds a message. */
 const MAX_ERROR_BODY = 64 * 1024;
 
@@ -353,6 +367,7 @@ export class RegistryClient {
         skip = 0;
       } else if (response.status === 200) {
         skip = from; // Range ignored: the whole blob comes, skip to where we are
+        answeredWhole.add(out);
       } else if (response.status === 416) {
         await response.body.discard();
         throw new ErofsOciError('io', `${action}: the range is beyond the end of the blob`);
