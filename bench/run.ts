@@ -5,13 +5,24 @@
  * files), next to `cat` of the same tar and, when MKFS_EROFS points to an erofs-utils 1.9 mkfs.erofs
  * (built locally from its public source, never committed), `mkfs.erofs --tar=f`. Peak RSS of each.
  *
+ * serve: `erofs-oci serve` against `nbdkit curl` and plain `curl` on blobs in a local registry (see
+ * bench/serve.ts).
+ *
+ * mount: `erofs-oci mount` of a 4-layer EROFS-native image against local files + overlayfs and against
+ * `nbdkit curl` + `nbdfuse` (see bench/mount.ts).
+ *
+ * `node bench/run.ts [SUITE...]` runs the named suites only (default: all). bench/out/results.json keeps the
+ * last results of every suite: a run replaces the entries of the suites it ran.
+ *
  * Environment: BENCH_DIR (default /tmp/erofs-oci-bench) holds generated inputs between runs;
  * BENCH_SMALL_FILES, BENCH_LARGE_FILES, BENCH_LARGE_MIB size the layer; MKFS_EROFS as above.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { benchMount } from './mount.ts';
+import { benchServe } from './serve.ts';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..');
@@ -47,6 +58,7 @@ function best(runs: number, command: string[], options: { stdoutNull?: boolean }
 }
 
 const mb = (bytes: number) => bytes / 1e6;
+/** Table rows: suite, what, seconds, MB/s, peak RSS MiB, notes (cells a suite has nothing for stay ''). */
 const rows: string[][] = [];
 const results: Record<string, unknown> = { date: new Date().toISOString(), node: process.version };
 
@@ -119,17 +131,51 @@ function benchBuild(): void {
 }
 
 const only = process.argv.slice(2);
-const suites: Record<string, () => void> = { build: benchBuild };
+const suites: Record<string, () => void | Promise<void>> = {
+  build: benchBuild,
+  serve: () =>
+    benchServe({
+      root,
+      benchDir,
+      addRow: (row) => rows.push(['serve', ...row]),
+      setResults: (value) => {
+        results.serve = value;
+      },
+    }),
+  mount: () =>
+    benchMount({
+      root,
+      benchDir,
+      addRow: (row) => rows.push(['mount', ...row]),
+      setResults: (value) => {
+        results.mount = value;
+      },
+    }),
+};
+const unknown = only.filter((name) => !(name in suites));
+if (unknown.length > 0) {
+  process.stderr.write(`unknown suite ${unknown.join(', ')}; suites: ${Object.keys(suites).join(', ')}\n`);
+  process.exit(2);
+}
 for (const [name, run] of Object.entries(suites)) {
   if (only.length > 0 && !only.includes(name)) continue;
-  run();
+  await run();
 }
 
-const header = ['suite', 'what', 'seconds', 'MB/s', 'peak RSS MiB'];
+const header = ['suite', 'what', 'seconds', 'MB/s', 'peak RSS MiB', 'notes'];
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(widths[i] as number)).join(' | ')} |`;
+const line = (r: string[]) =>
+  `| ${header.map((_, i) => (r[i] ?? '').padEnd(widths[i] as number)).join(' | ')} |`;
 process.stdout.write(
   `${[line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n')}\n`,
 );
 mkdirSync(join(here, 'out'), { recursive: true });
-writeFileSync(join(here, 'out', 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+const resultsFile = join(here, 'out', 'results.json');
+// Suites not run this time keep their last results.
+let previous: Record<string, unknown> = {};
+try {
+  previous = JSON.parse(readFileSync(resultsFile, 'utf8')) as Record<string, unknown>;
+} catch {
+  // No earlier results (or unreadable ones): this run's are all there is.
+}
+writeFileSync(resultsFile, `${JSON.stringify({ ...previous, ...results }, null, 2)}\n`);
