@@ -265,7 +265,7 @@ describe('ImageWriter', () => {
             // Debian's fsck.erofs (1.5) only knows 4 KiB blocks.
             if (blockSize === 4096 && hasFsck()) execFileSync('fsck.erofs', [path], { stdio: 'pipe' });
           }),
-          { numRuns: 25 },
+          { numRuns: Number(process.env.WRITER_RUNS ?? 25) },
         );
       } finally {
         rmSync(dir, { recursive: true, force: true });

@@ -6,12 +6,14 @@
  *   block 0..      superblock at byte 1024 (+ device table in index mode)
  *   data area      regular files' full blocks, streamed in the order the source delivers them; a file
  *                  whose tail cannot be packed inline has its tail block here too (zero padded)
- *   late data      blocks of directories and symlinks too large to be inlined
  *   meta area      inodes (32-byte slots, nid = offset / 32 from `meta_blkaddr`), each followed by its
  *                  inline xattrs and inline (tail-packed) data or chunk indexes
+ *   late data      blocks of directories and symlinks too large to be inlined
  *
  * Putting the metadata last lets file data go straight to its final place while a tar is read: nothing
- * about the metadata is known until the last entry has been seen. File tails that will be inlined wait in a
+ * about the metadata is known until the last entry has been seen. Keeping all of it (inodes, directory
+ * blocks, long symlinks) in one run from `meta_blkaddr` to the end lets a lazy reader fetch everything a
+ * `find` needs in one range request. File tails that will be inlined wait in a
  * spill file (not memory) until the inodes are written.
  *
  * `finish` works in two passes over the same records: `plan` measures everything and assigns nids and block
@@ -195,7 +197,7 @@ export class ImageWriter {
     const plan = planMetadata(root, {
       blockSize: this.blockSize,
       buildTime: options.buildTime,
-      lateDataStart: this.#out.position / this.blockSize,
+      metaStart: this.#out.position / this.blockSize,
       external: this.#external,
     });
     throwIfAborted(options.signal);
@@ -242,13 +244,6 @@ export class ImageWriter {
 
   #emit(plan: MetadataPlan): void {
     const bs = this.blockSize;
-    // Late data: directory blocks and symlink targets that are not inlined, in plan order.
-    this.#out.padTo(plan.lateDataStart * bs);
-    for (const record of plan.lateData) {
-      this.#out.padTo(record.startBlock * bs);
-      const bytes = record.kind === 'dir' ? dirBlocks(record.inode, bs, false) : record.bytes;
-      this.#out.write(bytes);
-    }
     this.#out.padTo(plan.metaBlkaddr * bs);
     this.#out.flush();
 
@@ -289,6 +284,13 @@ export class ImageWriter {
       }
     }
     this.#out.write(meta);
+    // Late data: directory blocks and symlink targets that are not inlined, right after the inodes.
+    for (const record of plan.lateData) {
+      this.#out.padTo(record.startBlock * bs);
+      const bytes = record.kind === 'dir' ? dirBlocks(record.inode, bs, false) : record.bytes;
+      this.#out.write(bytes);
+    }
+    this.#out.padTo(plan.totalBlocks * bs);
     this.#out.flush();
   }
 
@@ -408,7 +410,6 @@ interface MetadataPlan {
   inodes: InodePlan[];
   rootNid: number;
   epoch: number;
-  lateDataStart: number;
   lateData: LateData[];
   metaBlkaddr: number;
   metaBlocks: number;
@@ -418,7 +419,8 @@ interface MetadataPlan {
 interface PlanOptions {
   blockSize: number;
   buildTime: number;
-  lateDataStart: number;
+  /** First block after the streamed file data: where the meta area starts. */
+  metaStart: number;
   external: boolean;
 }
 
@@ -483,7 +485,8 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
   }
 
   const lateData: LateData[] = [];
-  let nextLateBlock = options.lateDataStart;
+  // Late data blocks are numbered from 0 here and moved behind the meta area once its size is known.
+  let nextLateBlock = 0;
   for (const inode of inodes) {
     const node = inode.node;
     inode.xattrBody = encodeXattrs(node.xattrs);
@@ -578,21 +581,25 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
     inode.nid = position / INODE_SLOT_SIZE;
     position += recordSize;
   }
-  const metaBlkaddr = nextLateBlock;
+  const metaBlkaddr = options.metaStart;
   const metaBlocks = Math.max(1, Math.ceil(position / bs));
+  const lateStart = metaBlkaddr + metaBlocks;
+  for (const record of lateData) {
+    record.startBlock += lateStart;
+    record.inode.startBlock = record.startBlock;
+  }
   if (rootPlan.nid > U16_MAX) throw new ErofsOciError('internal', 'root nid does not fit in 16 bits');
-  if (metaBlkaddr + metaBlocks > U32_MAX) {
+  if (lateStart + nextLateBlock > U32_MAX) {
     throw new ErofsOciError('unsupported', 'image too large for 32-bit block addresses');
   }
   return {
     inodes,
     rootNid: rootPlan.nid,
     epoch,
-    lateDataStart: options.lateDataStart,
     lateData,
     metaBlkaddr,
     metaBlocks,
-    totalBlocks: metaBlkaddr + metaBlocks,
+    totalBlocks: lateStart + nextLateBlock,
   };
 }
 

@@ -926,7 +926,7 @@ class FetchSlots {
 /**
  * Recently seen sequential streams (several readers, e.g. NBD connections, may each stream through a
  * different region). A read starting in or just after a stream's last block continues it and grows its
- * window (or lands within that window); any other read starts a new stream, with readahead only when it starts at offset 0.
+ * window (or lands within that window); any other read starts a new stream, without readahead until a second read continues it.
  */
 class ReadaheadStreams {
   #streams: { next: number; window: number }[] = [];
@@ -946,7 +946,8 @@ class ReadaheadStreams {
         stream.window = stream.window === 0 ? limits.initial : Math.min(limits.max, stream.window * 2);
       stream.next = Math.max(stream.next, last + 1);
     } else {
-      stream = { next: last + 1, window: first === 0 ? limits.initial : 0 };
+      // A lone read (even at offset 0, where filesystems keep their superblock) is no stream yet.
+      stream = { next: last + 1, window: 0 };
     }
     this.#streams.unshift(stream);
     if (this.#streams.length > 16) this.#streams.pop();
