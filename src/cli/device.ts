@@ -4,7 +4,6 @@
  * inflated on demand from the gzip blob through its zinfo.
  */
 import { readFile } from 'node:fs/promises';
-import { EROFS_SUPER_MAGIC_V1, EROFS_SUPER_OFFSET, superBlock } from '../erofs/format.ts';
 import { openImage } from '../erofs/reader.ts';
 import { ErofsOciError } from '../errors.ts';
 import { decodeZinfo, openZinfoSource } from '../gzip-index/index.ts';
@@ -65,7 +64,6 @@ export async function openLayerDevice(
   });
   if (options.tarIndex === undefined) {
     if (options.zinfo !== undefined) throw new ErofsOciError('usage', '--zinfo goes with --tarindex');
-    if (layer.format.kind === 'erofs') warmMetadata(blobCache, options.log);
     return {
       source: blobCache,
       description: `blob ${layer.digest}`,
@@ -137,23 +135,4 @@ export async function openLayerDevice(
     await blobCache.close();
     throw error;
   }
-}
-
-/** Bytes of metadata fetched ahead; more would only push other blocks out of the memory cache. */
-const METADATA_WARM_LIMIT = 32 * 1024 * 1024;
-
-/**
- * Fetches an EROFS image's metadata in the background: our images keep inodes and directory blocks in one
- * run from `meta_blkaddr` to the end, so a `find` needs the superblock plus one range request. Failures only
- * cost the prefetch; reads that need the bytes fetch them again and report their own errors.
- */
-function warmMetadata(cache: ByteSource, log?: (line: string) => void): void {
-  void (async () => {
-    const head = await cache.read(0, Math.min(cache.size, EROFS_SUPER_OFFSET + superBlock.size));
-    const sb = superBlock.decode(head, EROFS_SUPER_OFFSET);
-    if (sb.magic !== EROFS_SUPER_MAGIC_V1) return;
-    const start = sb.metaBlkaddr * 2 ** sb.blkszbits;
-    if (start >= cache.size) return;
-    await cache.read(start, Math.min(cache.size - start, METADATA_WARM_LIMIT));
-  })().catch((error: unknown) => log?.(`metadata prefetch failed: ${(error as Error).message}`));
 }

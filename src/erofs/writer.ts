@@ -11,9 +11,9 @@
  *   late data      blocks of directories and symlinks too large to be inlined
  *
  * Putting the metadata last lets file data go straight to its final place while a tar is read: nothing
- * about the metadata is known until the last entry has been seen. Keeping all of it (inodes, directory
- * blocks, long symlinks) in one run from `meta_blkaddr` to the end lets a lazy reader fetch everything a
- * `find` needs in one range request. File tails that will be inlined wait in a
+ * about the metadata is known until the last entry has been seen. Directory blocks follow the inodes, so
+ * that everything a `find` needs lies in one run at the end of the image (the meta area also holds the
+ * tail-packed data of small files). File tails that will be inlined wait in a
  * spill file (not memory) until the inodes are written.
  *
  * `finish` works in two passes over the same records: `plan` measures everything and assigns nids and block
