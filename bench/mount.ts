@@ -7,12 +7,13 @@
  * Environment: BENCH_MOUNT_LAYERS (4), BENCH_MOUNT_SMALL_FILES (6000 per layer), BENCH_MOUNT_LARGE_MIB (32,
  * one large file per layer).
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { startRegistry } from '../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
 
@@ -26,38 +27,52 @@ export interface MountSuiteContext {
 
 const TOOLS = ['docker-registry', 'skopeo', 'nbdkit', 'nbdfuse'];
 
-function sh(command: string, args: string[]): string {
-  return execFileSync(command, args, {
+const execFileAsync = promisify(execFile);
+
+/**
+ * Commands run asynchronously on purpose: the registry is a child of this process whose log pipe must keep
+ * draining; a synchronous wait lets the pipe fill, and the registry stalls mid-benchmark.
+ */
+async function sh(command: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
+  const { stdout } = await execFileAsync(command, args, {
     encoding: 'utf8',
     maxBuffer: 64 << 20,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    env: env ?? process.env,
   });
+  return stdout;
 }
 
-function dropCaches(): void {
-  execFileSync('sync');
-  execFileSync('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
+async function dropCaches(): Promise<void> {
+  await sh('sync', []);
+  await sh('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
 }
 
-function timed(fn: () => void): number {
+async function timed(fn: () => Promise<unknown>): Promise<number> {
   const started = performance.now();
-  fn();
+  await fn();
   return (performance.now() - started) / 1000;
 }
 
 /** `find` over the tree, and reading every regular file's bytes. */
-function coldFind(mnt: string): number {
-  dropCaches();
+async function coldFind(mnt: string): Promise<number> {
+  await dropCaches();
   return timed(() => sh('find', [mnt, '-printf', '']));
 }
 
-function coldReadAll(mnt: string): number {
-  dropCaches();
+async function coldReadAll(mnt: string): Promise<number> {
+  await dropCaches();
   return timed(() => sh('sh', ['-c', `find "${mnt}" -type f -print0 | xargs -0 cat > /dev/null`]));
 }
 
-function overlay(lowers: string[], mnt: string): void {
-  sh('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${[...lowers].reverse().join(':')}`, mnt]);
+async function overlay(lowers: string[], mnt: string): Promise<void> {
+  await sh('mount', [
+    '-t',
+    'overlay',
+    'overlay',
+    '-o',
+    `ro,lowerdir=${[...lowers].reverse().join(':')}`,
+    mnt,
+  ]);
 }
 
 export async function benchMount(ctx: MountSuiteContext): Promise<void> {
@@ -79,7 +94,7 @@ export async function benchMount(ctx: MountSuiteContext): Promise<void> {
     const stem = join(ctx.benchDir, `mount-layer${i}-${small}-${largeMiB}`);
     if (!existsSync(`${stem}.erofs`)) {
       process.stderr.write(`mount: generating ${stem}.erofs\n`);
-      sh('python3', [
+      await sh('python3', [
         join(ctx.root, 'bench', 'make-tar.py'),
         `${stem}.tar`,
         String(small),
@@ -87,7 +102,7 @@ export async function benchMount(ctx: MountSuiteContext): Promise<void> {
         String(largeMiB),
         `L${i}`,
       ]);
-      sh(process.execPath, [
+      await sh(process.execPath, [
         cli,
         'build',
         '--quiet',
@@ -98,7 +113,7 @@ export async function benchMount(ctx: MountSuiteContext): Promise<void> {
         `tar:${stem}.tar`,
         `${stem}.erofs.part`,
       ]);
-      sh('mv', [`${stem}.erofs.part`, `${stem}.erofs`]);
+      await sh('mv', [`${stem}.erofs.part`, `${stem}.erofs`]);
       await rm(`${stem}.tar`, { force: true });
     }
     images.push(`${stem}.erofs`);
@@ -111,45 +126,45 @@ export async function benchMount(ctx: MountSuiteContext): Promise<void> {
     const layout = join(work, 'layout');
     await writeLayout(layout, 'v1', [imageOfBlobs(blobs)], false);
     const ref = `${registry.host}/bench/mount:v1`;
-    sh('skopeo', ['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${ref}`]);
+    await sh('skopeo', ['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${ref}`]);
     const totalBytes = blobs.reduce((sum, b) => sum + b.size, 0);
     const mnt = join(work, 'mnt');
     await mkdir(mnt);
 
     // Local files: each layer mounted from its file, stacked.
-    const local = async (step: (m: string) => number): Promise<number> => {
+    const local = async (step: (m: string) => Promise<number>): Promise<number> => {
       const lowers: string[] = [];
       try {
         for (const [i, image] of images.entries()) {
           const dir = join(work, `local-${i}`);
           await mkdir(dir, { recursive: true });
-          sh('mount', ['-t', 'erofs', '-o', 'ro', image, dir]);
+          await sh('mount', ['-t', 'erofs', '-o', 'ro', image, dir]);
           lowers.push(dir);
         }
-        overlay(lowers, mnt);
-        return step(mnt);
+        await overlay(lowers, mnt);
+        return await step(mnt);
       } finally {
-        sh('umount', [mnt]);
-        for (const dir of lowers) sh('umount', [dir]);
+        await sh('umount', [mnt]);
+        for (const dir of lowers) await sh('umount', [dir]);
       }
     };
 
     // erofs-oci mount.
     const env = { ...process.env, EROFS_OCI_STATE_DIR: join(work, 'state') };
-    const ours = async (step: (m: string) => number): Promise<{ mount: number; step: number }> => {
-      dropCaches();
-      const mountSeconds = timed(() =>
-        execFileSync(process.execPath, [cli, 'mount', '--insecure', ref, mnt], { env, stdio: 'ignore' }),
+    const ours = async (step: (m: string) => Promise<number>): Promise<{ mount: number; step: number }> => {
+      await dropCaches();
+      const mountSeconds = await timed(() =>
+        sh(process.execPath, [cli, 'mount', '--insecure', ref, mnt], env),
       );
       try {
-        return { mount: mountSeconds, step: step(mnt) };
+        return { mount: mountSeconds, step: await step(mnt) };
       } finally {
-        execFileSync(process.execPath, [cli, 'umount', mnt], { env, stdio: 'ignore' });
+        await sh(process.execPath, [cli, 'umount', mnt], env);
       }
     };
 
     // nbdkit curl + nbdfuse per layer, stacked; a counting of requests is not needed here (serve suite).
-    const nbdkit = async (step: (m: string) => number): Promise<number> => {
+    const nbdkit = async (step: (m: string) => Promise<number>): Promise<number> => {
       const lowers: string[] = [];
       const fuses: string[] = [];
       const procs: ReturnType<typeof spawn>[] = [];
@@ -175,16 +190,16 @@ export async function benchMount(ctx: MountSuiteContext): Promise<void> {
           fuses.push(fuseDir);
           const dir = join(work, `nbdkit-layer-${i}`);
           await mkdir(dir, { recursive: true });
-          sh('mount', ['-t', 'erofs', '-o', 'ro', join(fuseDir, 'image'), dir]);
+          await sh('mount', ['-t', 'erofs', '-o', 'ro', join(fuseDir, 'image'), dir]);
           lowers.push(dir);
         }
-        overlay(lowers, mnt);
-        return step(mnt);
+        await overlay(lowers, mnt);
+        return await step(mnt);
       } finally {
-        sh('sh', ['-c', `umount "${mnt}" 2>/dev/null; true`]);
-        for (const dir of lowers) sh('umount', [dir]);
+        await sh('sh', ['-c', `umount "${mnt}" 2>/dev/null; true`]);
+        for (const dir of lowers) await sh('umount', [dir]);
         for (const dir of fuses)
-          sh('sh', ['-c', `fusermount3 -u "${dir}" 2>/dev/null || umount -l "${dir}"`]);
+          await sh('sh', ['-c', `fusermount3 -u "${dir}" 2>/dev/null || umount -l "${dir}"`]);
         for (const p of procs) p.kill('SIGTERM');
         await sleep(200);
       }

@@ -222,13 +222,14 @@ export async function listCommand(args: string[], io: CommandIo): Promise<number
     io.stdout.write('Usage: erofs-oci list [--json]\n\nLists lazy mounts with their processes and health.\n');
     return 0;
   }
-  const records = await listRecords(stateRoot());
+  const root = stateRoot();
+  const records = await listRecords(root);
   const rows = records.map((r) => ({
     mountpoint: r.mountpoint,
     source: r.source,
     pinnedSource: r.pinnedSource,
     backend: r.backend,
-    health: healthOf(r),
+    health: healthOf(r, root),
     pids: r.layers.map((l) => l.serverPid),
     devicePids: r.layers.map((l) => l.devicePid).filter((p) => p > 0),
     layers: r.layers.map((l) => ({

@@ -9,7 +9,7 @@
  * could not be handed to a new server; the holder keeps it instead. See docs/fuse.md.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -404,12 +404,17 @@ export async function unmountLazy(mountpoint: string, stateRoot: string): Promis
   return true;
 }
 
-export type Health = 'serving' | 'server dead' | 'device dead';
+export type Health = 'serving' | 'server dead' | 'reattaching' | 'device dead';
 
-export function healthOf(record: MountRecord): Health {
+/** While `reattach` works on a mount, this file in its directory holds reattach's pid. */
+const REATTACH_MARKER = 'reattaching';
+
+export function healthOf(record: MountRecord, stateRoot: string): Health {
   if (record.layers.some((l) => l.devicePid > 0 && !isAlive(l.devicePid))) return 'device dead';
-  if (record.layers.some((l) => !isAlive(l.serverPid))) return 'server dead';
-  return 'serving';
+  if (record.layers.every((l) => isAlive(l.serverPid))) return 'serving';
+  const marker = join(mountDir(stateRoot, record.mountpoint), REATTACH_MARKER);
+  const reattacher = existsSync(marker) ? Number(readFileSync(marker, 'utf8')) : 0;
+  return isAlive(reattacher) ? 'reattaching' : 'server dead';
 }
 
 /** `reattach`: starts a new server for every layer whose server died. Returns how many were started. */
@@ -421,6 +426,20 @@ export async function reattachLazy(
   const dir = mountDir(stateRoot, mountpoint);
   const record = await readRecord(dir);
   if (!record) throw new ErofsOciError('not-found', `no erofs-oci mount at ${mountpoint}`);
+  const marker = join(dir, REATTACH_MARKER);
+  await writeFile(marker, String(process.pid), { mode: 0o600 });
+  try {
+    return await restartDeadServers(record, dir, options);
+  } finally {
+    await rm(marker, { force: true });
+  }
+}
+
+async function restartDeadServers(
+  record: MountRecord,
+  dir: string,
+  options: { cli: string; password?: string; signal?: AbortSignal; log?: (line: string) => void },
+): Promise<number> {
   let started = 0;
   for (const layer of record.layers) {
     if (isAlive(layer.serverPid)) continue;
@@ -429,7 +448,7 @@ export async function reattachLazy(
         'io',
         `the device of layer ${layer.digest} is gone too: the mount cannot be recovered`,
         {
-          hint: `erofs-oci umount ${mountpoint}, then mount again`,
+          hint: `erofs-oci umount ${record.mountpoint}, then mount again`,
         },
       );
     }
