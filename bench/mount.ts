@@ -164,31 +164,35 @@ export async function benchMount(ctx: MountSuiteContext): Promise<void> {
     };
 
     // nbdkit curl + nbdfuse per layer, stacked; a counting of requests is not needed here (serve suite).
+    let chain = 0;
     const nbdkit = async (step: (m: string) => Promise<number>): Promise<number> => {
+      // Fresh names per run: a FUSE mount of the previous run may still be going away.
+      chain++;
       const lowers: string[] = [];
       const fuses: string[] = [];
       const procs: ReturnType<typeof spawn>[] = [];
       try {
         for (const [i, blob] of blobs.entries()) {
-          const sock = join(work, `nbdkit-${i}.sock`);
+          const sock = join(work, `nbdkit-${chain}-${i}.sock`);
           const url = `${registry.url}/v2/bench/mount/blobs/${blob.digest}`;
           const server = spawn('nbdkit', ['--foreground', '-U', sock, 'curl', `url=${url}`], {
             stdio: 'ignore',
           });
           procs.push(server);
           for (let t = 0; t < 200 && !existsSync(sock); t++) await sleep(25);
-          const fuseDir = join(work, `fuse-${i}`);
+          const fuseDir = join(work, `fuse-${chain}-${i}`);
           await mkdir(fuseDir, { recursive: true });
-          const pidFile = join(work, `fuse-${i}.pid`);
+          const pidFile = join(work, `fuse-${chain}-${i}.pid`);
           await rm(pidFile, { force: true });
           procs.push(
             spawn('nbdfuse', ['-r', '-P', pidFile, join(fuseDir, 'image'), `nbd+unix:///?socket=${sock}`], {
               stdio: 'ignore',
             }),
           );
-          for (let t = 0; t < 200 && !existsSync(pidFile); t++) await sleep(25);
+          for (let t = 0; t < 400 && !(existsSync(pidFile) && existsSync(join(fuseDir, 'image'))); t++)
+            await sleep(25);
           fuses.push(fuseDir);
-          const dir = join(work, `nbdkit-layer-${i}`);
+          const dir = join(work, `nbdkit-layer-${chain}-${i}`);
           await mkdir(dir, { recursive: true });
           await sh('mount', ['-t', 'erofs', '-o', 'ro', join(fuseDir, 'image'), dir]);
           lowers.push(dir);
@@ -199,7 +203,10 @@ export async function benchMount(ctx: MountSuiteContext): Promise<void> {
         await sh('sh', ['-c', `umount "${mnt}" 2>/dev/null; true`]);
         for (const dir of lowers) await sh('umount', [dir]);
         for (const dir of fuses)
-          await sh('sh', ['-c', `fusermount3 -u "${dir}" 2>/dev/null || umount -l "${dir}"`]);
+          await sh('sh', [
+            '-c',
+            `fusermount3 -u "${dir}" 2>/dev/null || umount -l "${dir}/image" 2>/dev/null || umount -l "${dir}" 2>/dev/null; true`,
+          ]);
         for (const p of procs) p.kill('SIGTERM');
         await sleep(200);
       }

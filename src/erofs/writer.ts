@@ -208,7 +208,8 @@ export class ImageWriter {
     const bytes = plan.totalBlocks * this.blockSize;
     this.#out.flush();
     ftruncateSync(this.#out.fd, bytes);
-    this.#out.sync();
+    // No fsync, as mkfs.erofs, tar and cp: the rename that follows makes the image appear only when whole
+    // to any process; durability across power loss is the caller's `sync` to ask for (it cost 13% here).
     this.close();
     return {
       inodes: plan.inodes.length,
