@@ -7,34 +7,11 @@
 import type { FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
-import { defineStruct } from '../io/struct.ts';
+import { TAR_BLOCK_SIZE, tarHeader } from '../tar/format.ts';
 
-const BLOCK = 512;
-
-/** POSIX ustar header (the GNU layout shares every field we read). */
-export const TarHeader = defineStruct(
-  'tar header',
-  [
-    { name: 'name', type: { bytes: 100 } },
-    { name: 'mode', type: { bytes: 8 } },
-    { name: 'uid', type: { bytes: 8 } },
-    { name: 'gid', type: { bytes: 8 } },
-    { name: 'size', type: { bytes: 12 } },
-    { name: 'mtime', type: { bytes: 12 } },
-    { name: 'chksum', type: { bytes: 8 } },
-    { name: 'typeflag', type: 'u8' },
-    { name: 'linkname', type: { bytes: 100 } },
-    { name: 'magic', type: { bytes: 6 } },
-    { name: 'version', type: { bytes: 2 } },
-    { name: 'uname', type: { bytes: 32 } },
-    { name: 'gname', type: { bytes: 32 } },
-    { name: 'devmajor', type: { bytes: 8 } },
-    { name: 'devminor', type: { bytes: 8 } },
-    { name: 'prefix', type: { bytes: 155 } },
-    { name: 'pad', type: { bytes: 12 } },
-  ],
-  BLOCK,
-);
+// The header layout is declared once, in src/tar/format.ts; this index only seeks from header to header.
+const BLOCK = TAR_BLOCK_SIZE;
+const TarHeader = tarHeader;
 
 export type TarMemberKind = 'file' | 'hardlink' | 'symlink' | 'directory' | 'other';
 
