@@ -10,7 +10,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
@@ -324,7 +324,7 @@ export async function mountLazy(plan: MountPlan): Promise<MountRecord> {
     await stackLayers(record);
     await writeRecord(dir, record);
     // Mounted means the filesystem answers: list the root once.
-    await readdirOnce(plan.mountpoint);
+    await readdir(plan.mountpoint);
     return record;
   } catch (error) {
     await teardown(record, dir).catch(() => {
@@ -332,11 +332,6 @@ export async function mountLazy(plan: MountPlan): Promise<MountRecord> {
     });
     throw error;
   }
-}
-
-async function readdirOnce(path: string): Promise<void> {
-  const { readdir } = await import('node:fs/promises');
-  await readdir(path);
 }
 
 async function stackLayers(record: MountRecord): Promise<void> {
