@@ -70,7 +70,32 @@ export function isErofsOciError(error: unknown, code?: ErrorCode): error is Erof
   return error instanceof ErofsOciError && (code === undefined || error.code === code);
 }
 
+/** The error an aborted operation ends with; the signal's reason is its cause. */
+export function abortedError(signal: AbortSignal | undefined): ErofsOciError {
+  return new ErofsOciError('aborted', 'operation aborted', { cause: signal?.reason });
+}
+
 /** Throws the signal's reason as an `aborted` error when the signal has fired. */
 export function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new ErofsOciError('aborted', 'operation aborted', { cause: signal.reason });
+  if (signal?.aborted) throw abortedError(signal);
+}
+
+/** Waits for `promise`, or rejects as soon as `signal` fires (the work behind `promise` goes on for others). */
+export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(abortedError(signal));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortedError(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
 }

@@ -4,7 +4,7 @@
  * images the running kernel cannot mount and without root. `--cat` writes a file's bytes to stdout.
  */
 import { parseArgs } from 'node:util';
-import { ErofsOciError, throwIfAborted } from '../errors.ts';
+import { DataLayout } from '../erofs/format.ts';
 import {
   type DirEntry,
   type ErofsImage,
@@ -12,7 +12,7 @@ import {
   openImage,
   type SuperblockInfo,
 } from '../erofs/reader.ts';
-import { DataLayout } from '../erofs/format.ts';
+import { abortedError, ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type ByteString, displayName, fromByteString, type Timestamp } from '../fs-tree/tree.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { openFileSource } from '../io/file-source.ts';
@@ -162,7 +162,7 @@ function waitForDrain(out: NodeJS.WritableStream, signal?: AbortSignal): Promise
   return new Promise((resolve, reject) => {
     const onAbort = () => {
       out.off('drain', onDrain);
-      reject(new ErofsOciError('aborted', 'operation aborted', { cause: signal?.reason }));
+      reject(abortedError(signal));
     };
     const onDrain = () => {
       signal?.removeEventListener('abort', onAbort);

@@ -13,7 +13,7 @@ import { once } from 'node:events';
 import { addAbortSignal } from 'node:stream';
 import { setImmediate as setImmediatePromise } from 'node:timers/promises';
 import { createGunzip, type ZlibOptions } from 'node:zlib';
-import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
+import { abortedError, CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type BlockBoundary, DeflateScanner } from './deflate-scanner.ts';
 import { WINDOW_SIZE, type Zinfo, type ZinfoCheckpoint } from './zinfo.ts';
 
@@ -254,7 +254,7 @@ async function settled(stream: NodeJS.EventEmitter, event: string): Promise<void
 
 function nativeError(error: unknown, signal: AbortSignal | undefined): unknown {
   if (error instanceof ErofsOciError) return error;
-  if (signal?.aborted) return new ErofsOciError('aborted', 'operation aborted', { cause: signal.reason });
+  if (signal?.aborted) return abortedError(signal);
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string' && code.startsWith('Z_')) {
     return new CorruptInputError(`Cannot decompress gzip stream: ${(error as Error).message}`, undefined, {

@@ -1,11 +1,11 @@
 /** Random access into gzip streams: zinfo indexes (SOCI v2 as erofs-utils writes them) and a byte source over them. */
 export {
-  type ZinfoBuilder,
-  type ZinfoBuilderOptions,
-  type ZinfoBuildResult,
   buildZinfo,
   createZinfoBuilder,
   DEFAULT_SPAN,
+  type ZinfoBuilder,
+  type ZinfoBuilderOptions,
+  type ZinfoBuildResult,
 } from './builder.ts';
 export {
   decodeZinfo,

@@ -3,7 +3,7 @@
  * small blocks, fixed and stored blocks, flush points, optional header fields, several members), and an
  * in-memory byte source that counts what is read. Used by the tests only.
  */
-import { crc32, constants, deflateRawSync, type ZlibOptions } from 'node:zlib';
+import { constants, crc32, deflateRawSync, type ZlibOptions } from 'node:zlib';
 import { ErofsOciError } from '../errors.ts';
 import type { ByteSource, ReadOptions } from '../io/byte-source.ts';
 

@@ -19,7 +19,7 @@
  * continues after the next member's header.
  */
 import { crc32 } from 'node:zlib';
-import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
+import { CorruptInputError, ErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
 import type { ByteSource, ReadOptions } from '../io/byte-source.ts';
 import { checkHeaderLength, gzipTrailer, parseGzipHeader } from './gzip-header.ts';
 import { RawInflateSession } from './raw-inflate.ts';
@@ -150,7 +150,7 @@ export async function openZinfoSource(
 
   if (size === undefined) {
     // The signal of `open` must not cancel a shared inflation later reads may join: it only stops waiting.
-    const tail = await withSignal(span(last, undefined), options.signal);
+    const tail = await raceAbort(span(last, undefined), options.signal);
     size = lastOut + tail.byteLength;
   }
   const totalSize = size;
@@ -194,7 +194,7 @@ export async function openZinfoSource(
       for (let i = first; i <= lastNeeded; i++) {
         if (spanLength(i) !== 0) needed.push(i);
       }
-      const datas = await withSignal(Promise.all(needed.map((i) => span(i, undefined))), signal);
+      const datas = await raceAbort(Promise.all(needed.map((i) => span(i, undefined))), signal);
       for (const [k, i] of needed.entries()) {
         const data = datas[k]!;
         const start = checkpoints[i]!.out;
@@ -213,25 +213,6 @@ export async function openZinfoSource(
       return result;
     },
   };
-}
-
-function withSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  throwIfAborted(signal);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new ErofsOciError('aborted', 'operation aborted', { cause: signal.reason }));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
-  });
 }
 
 /**

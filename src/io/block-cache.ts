@@ -60,7 +60,7 @@ import {
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ErofsOciError, isErofsOciError, throwIfAborted } from '../errors.ts';
+import { ErofsOciError, isErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
 import type { ByteSource, Closable, ReadOptions } from './byte-source.ts';
 import { crc32c } from './crc32c.ts';
 
@@ -1295,26 +1295,5 @@ function delay(ms: number, signal: AbortSignal): Promise<void> {
       reject(new ErofsOciError('aborted', 'the block cache is closed', { cause: signal.reason }));
     };
     signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/** Waits for `promise`, or rejects as soon as `signal` fires (the work behind `promise` goes on for others). */
-function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted)
-    return Promise.reject(new ErofsOciError('aborted', 'operation aborted', { cause: signal.reason }));
-  return new Promise((resolve, reject) => {
-    const onAbort = () => reject(new ErofsOciError('aborted', 'operation aborted', { cause: signal.reason }));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
   });
 }
