@@ -14,15 +14,19 @@ interface Origin {
   calls: [number, number][];
 }
 
-/** A range fetch over `bytes` that records its calls and answers after a random short delay. */
+/**
+ * A range fetch over `bytes` that records its calls and answers after a random short delay. With `stream`,
+ * it hands the bytes to the sink in chunks of that many bytes, pausing between them, as the registry
+ * client does with a response body.
+ */
 function origin(
   bytes: Uint8Array,
-  options: { jitter?: () => number; fail?: (call: number) => Error | null } = {},
+  options: { jitter?: () => number; fail?: (call: number) => Error | null; stream?: number } = {},
 ): Origin {
   const calls: [number, number][] = [];
   return {
     calls,
-    async fetch(offset, length, signal) {
+    async fetch(offset, length, signal, sink) {
       const call = calls.length;
       calls.push([offset, length]);
       const wait = options.jitter?.() ?? 0;
@@ -33,7 +37,12 @@ function origin(
       if (failure) throw failure;
       if (offset < 0 || length < 0 || offset + length > bytes.byteLength)
         throw new Error(`fetch out of range ${offset}+${length}`);
-      return bytes.slice(offset, offset + length);
+      if (options.stream === undefined || sink === undefined) return bytes.slice(offset, offset + length);
+      for (let at = offset; at < offset + length; at += options.stream) {
+        sink(bytes.subarray(at, Math.min(offset + length, at + options.stream)));
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      return new Uint8Array(0);
     },
   };
 }
@@ -55,6 +64,8 @@ test('createBlockCache returns exactly the source bytes for random concurrent re
         readahead: fc.constantFrom(false as const, { initial: 512, max: 4096 }),
         parallel: fc.integer({ min: 1, max: 4 }),
         maxFetchBytes: fc.constantFrom(512, 3000, 16_384),
+        anchors: fc.array(fc.nat({ max: 41_000 }), { maxLength: 3 }),
+        stream: fc.constantFrom(undefined, 100, 4096),
         seed: fc.integer(),
       }),
       fc.array(fc.array(fc.tuple(fc.nat(), fc.nat({ max: 9000 })), { minLength: 1, maxLength: 6 }), {
@@ -69,8 +80,12 @@ test('createBlockCache returns exactly the source bytes for random concurrent re
           rng = (Math.imul(rng, 1103515245) + 12345) & 0x7fffffff;
           return rng % 3;
         };
-        const source = origin(bytes, { jitter });
+        const source = origin(bytes, {
+          jitter,
+          ...(config.stream === undefined ? {} : { stream: config.stream }),
+        });
         const cache = createBlockCache(source.fetch, { ...config, retries: 0 });
+        const starts = new Set([0, ...config.anchors]);
         for (const batch of batches) {
           // Reads of one batch are in flight together.
           const reads = batch.map(([a, b]) => {
@@ -83,7 +98,8 @@ test('createBlockCache returns exactly the source bytes for random concurrent re
           await Promise.all(reads);
         }
         for (const [offset, length] of source.calls) {
-          assert.equal(offset % config.blockSize, 0, `fetch at ${offset} is block-aligned`);
+          const base = Math.max(...[...starts].filter((a) => a <= offset));
+          assert.equal((offset - base) % config.blockSize, 0, `fetch at ${offset} is block-aligned`);
           assert.ok(offset + length <= config.size, 'fetch within the object');
           assert.ok(length <= Math.max(config.blockSize, config.maxFetchBytes), 'fetch bounded');
         }
@@ -171,6 +187,98 @@ test('createBlockCache fetches adjacent missing blocks as one bounded range and 
   // The last block is short.
   assert.deepEqual(await cache.read(99_990, 10), bytes.subarray(99_990));
   assert.deepEqual(source.calls.at(-1), [99_000, 1000]);
+});
+
+test('createBlockCache starts blocks at anchors: a small first block, and one where reads begin', async () => {
+  const bytes = random(100_000);
+  const source = origin(bytes);
+  const cache = createBlockCache(source.fetch, {
+    size: bytes.byteLength,
+    blockSize: 8192,
+    anchors: [1024, 50_000],
+    readahead: false,
+  });
+  assert.deepEqual(await cache.read(100, 200), bytes.subarray(100, 300));
+  assert.deepEqual(await cache.read(50_100, 8000), bytes.subarray(50_100, 58_100));
+  assert.deepEqual(await cache.read(49_000, 200), bytes.subarray(49_000, 49_200));
+  assert.deepEqual(source.calls, [
+    [0, 1024],
+    [50_000, 8192],
+    // The block before the anchor ends short: 1024 + 6 * 8192 = 50,176 > 50,000.
+    [41_984, 8016],
+  ]);
+});
+
+test('createBlockCache starts with prefetched bytes: no fetch for their blocks, and they count for the digest', async () => {
+  const bytes = random(20_000);
+  const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  const source = origin(bytes);
+  const cache = createBlockCache(source.fetch, {
+    size: bytes.byteLength,
+    blockSize: 4096,
+    anchors: [9000],
+    readahead: false,
+    digest,
+    prefetched: bytes.slice(0, 9000),
+  });
+  assert.deepEqual(await cache.read(0, 9000), bytes.subarray(0, 9000));
+  assert.deepEqual(source.calls, []);
+  assert.deepEqual(await cache.read(8000, 12_000), bytes.subarray(8000));
+  assert.deepEqual(source.calls, [[9000, 11_000]]);
+  assert.equal(cache.stats().fetches, 2);
+  assert.equal(cache.stats().verification, 'verified');
+});
+
+test('createBlockCache hands over each block of a streamed range as soon as its bytes are in', async () => {
+  const bytes = random(64 * 1024);
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const fetch: RangeFetch = async (offset, length, _signal, sink) => {
+    assert.ok(sink, 'the cache offers a sink');
+    // The first half now; the rest only once the test has read the first block.
+    sink(bytes.subarray(offset, offset + length / 2));
+    await gate;
+    sink(bytes.subarray(offset + length / 2, offset + length));
+    return new Uint8Array(0);
+  };
+  const cache = createBlockCache(fetch, {
+    size: bytes.byteLength,
+    blockSize: 4096,
+    readahead: false,
+    maxFetchBytes: 64 * 1024,
+  });
+  const whole = cache.read(0, bytes.byteLength);
+  assert.deepEqual(await cache.read(0, 4096), bytes.subarray(0, 4096));
+  release();
+  assert.deepEqual(await whole, bytes);
+  assert.equal(cache.stats().fetches, 1);
+});
+
+test('createBlockCache continues a streamed range where a broken attempt stopped', async () => {
+  const bytes = random(40_000);
+  const calls: [number, number][] = [];
+  const fetch: RangeFetch = async (offset, length, _signal, sink) => {
+    calls.push([offset, length]);
+    const stop = calls.length === 1 ? offset + 12_345 : offset + length;
+    for (let at = offset; at < stop; at += 1000) sink?.(bytes.subarray(at, Math.min(stop, at + 1000)));
+    if (calls.length === 1) throw unavailable();
+    return new Uint8Array(0);
+  };
+  const cache = createBlockCache(fetch, {
+    size: bytes.byteLength,
+    blockSize: 8192,
+    readahead: false,
+    retryDelayMs: 1,
+    maxFetchBytes: 5 * 8192,
+  });
+  assert.deepEqual(await cache.read(0, 40_000), bytes);
+  assert.deepEqual(calls, [
+    [0, 40_000],
+    [12_345, 40_000 - 12_345],
+  ]);
+  assert.equal(cache.stats().bytesFetched, 40_000);
 });
 
 test('createBlockCache evicts least recently used blocks beyond the memory budget', async () => {
@@ -409,6 +517,26 @@ test('openBlockCache refetches a disk block whose bytes no longer match their ch
     const reopened = await openBlockCache(second.fetch, options);
     assert.deepEqual(await reopened.read(0, size), bytes);
     assert.deepEqual(second.calls, [[4096, 4096]]);
+    await reopened.close();
+  });
+});
+
+test('openBlockCache starts afresh when the record is for other anchors', async () => {
+  await withDir(async (dir) => {
+    const bytes = random(20_000);
+    const options = { size: 20_000, blockSize: 4096, cacheDir: dir, cacheId: 'x', readahead: false as const };
+    const cache = await openBlockCache(origin(bytes).fetch, { ...options, anchors: [1000] });
+    await cache.read(0, 20_000);
+    await cache.close();
+    const same = origin(bytes);
+    const again = await openBlockCache(same.fetch, { ...options, anchors: [1000] });
+    assert.deepEqual(await again.read(0, 20_000), bytes);
+    assert.equal(same.calls.length, 0);
+    await again.close();
+    const moved = origin(bytes);
+    const reopened = await openBlockCache(moved.fetch, { ...options, anchors: [2000] });
+    assert.deepEqual(await reopened.read(0, 20_000), bytes);
+    assert.equal(moved.calls.length, 1);
     await reopened.close();
   });
 });

@@ -11,7 +11,8 @@ export interface ByteSource {
   readonly size: number;
   /**
    * Returns exactly `length` bytes starting at `offset`, or throws an `ErofsOciError`.
-   * `offset + length` must not exceed `size`.
+   * `offset + length` must not exceed `size`. The bytes may be a view of what the source keeps (a cache
+   * hands out views of its blocks): callers must not modify them.
    */
   read(offset: number, length: number, options?: ReadOptions): Promise<Uint8Array>;
 }

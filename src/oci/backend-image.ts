@@ -10,6 +10,7 @@ import type {
   LayerDescriptor,
   ManifestDescriptor,
   RangeReader,
+  RangeReadOptions,
   SignalOptions,
 } from './image.ts';
 import { type Descriptor, MAX_MANIFEST_BYTES, type ParsedManifest, parseManifest } from './manifest.ts';
@@ -28,7 +29,7 @@ export interface ImageBackend {
   /** The bytes of a manifest an index points to (verified here). */
   manifestBytes(descriptor: Descriptor, options: SignalOptions): Promise<Uint8Array>;
   openBlob(descriptor: Descriptor, options: SignalOptions): AsyncIterable<Uint8Array>;
-  readRange(digest: string, offset: number, length: number, options: SignalOptions): Promise<Uint8Array>;
+  readRange(digest: string, offset: number, length: number, options: RangeReadOptions): Promise<Uint8Array>;
   close(): Promise<void>;
 }
 
@@ -121,7 +122,7 @@ export class BackendImage implements ImageSource, RangeReader {
     digest: string,
     offset: number,
     length: number,
-    options: SignalOptions = {},
+    options: RangeReadOptions = {},
   ): Promise<Uint8Array> {
     return this.#backend.readRange(digest, offset, length, options);
   }

@@ -193,6 +193,30 @@ describe('registry client under faults (integration)', { skip, timeout: 300_000 
     );
   });
 
+  it('streams a range through a cut and a server that ignores Range, handing over every byte once', async () => {
+    const { image, layer, expected, path } = await bigLayer();
+    assert.ok(isRangeReader(image));
+    for (const fault of [{ kind: 'cut', afterBytes: 70_000 } as const, { kind: 'ignore-range' } as const]) {
+      proxy.addRule({ path, fault, times: 1 });
+      const chunks: Buffer[] = [];
+      const result = await image.readRange(layer.digest, 1_000_000, 300_000, {
+        onData: (chunk) => chunks.push(Buffer.from(chunk)),
+      });
+      assert.equal(result.byteLength, 0, 'streamed bytes are not returned as well');
+      assert.ok(Buffer.concat(chunks).equals(expected.subarray(1_000_000, 1_300_000)), fault.kind);
+    }
+    assert.deepEqual(
+      blobRequests(layer.digest)
+        .slice(-3)
+        .map((r) => [r.status, r.headers.range]),
+      [
+        [206, 'bytes=1000000-1299999'],
+        [206, 'bytes=1070000-1299999'],
+        [200, 'bytes=1000000-1299999'],
+      ],
+    );
+  });
+
   it('gives up on an unreachable registry with unavailable within the time budget', async () => {
     const port = await freePort();
     for (const timeoutMs of [3000, undefined]) {

@@ -16,6 +16,16 @@ export interface SignalOptions {
   signal?: AbortSignal | undefined;
 }
 
+export interface RangeReadOptions extends SignalOptions {
+  /**
+   * Streams the range, where the reader can: its bytes are handed over in order as they arrive (a chunk
+   * only for the duration of the call) and the read resolves with an empty array; a retry after a broken
+   * transfer continues where it stopped, so every byte is handed over once. Readers that cannot stream
+   * ignore it and resolve with the bytes.
+   */
+  onData?: ((chunk: Uint8Array) => void) | undefined;
+}
+
 /** A layer descriptor with what its media type means for us. */
 export interface LayerDescriptor extends Descriptor {
   readonly format: LayerFormat;
@@ -56,7 +66,7 @@ export interface RangeReader {
    * Returns exactly `length` bytes at `offset` of the blob `digest`, or throws. Partial reads cannot be
    * checked against the digest.
    */
-  readRange(digest: string, offset: number, length: number, options?: SignalOptions): Promise<Uint8Array>;
+  readRange(digest: string, offset: number, length: number, options?: RangeReadOptions): Promise<Uint8Array>;
 }
 
 export function isRangeReader(value: unknown): value is RangeReader {

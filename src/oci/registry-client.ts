@@ -21,6 +21,7 @@ import {
   withRedirects,
   withScheme,
 } from './http.ts';
+import type { RangeReadOptions } from './image.ts';
 import { type Descriptor, MAX_MANIFEST_BYTES } from './manifest.ts';
 import { MANIFEST_ACCEPT } from './media-types.ts';
 import { registryApiHost } from './reference.ts';
@@ -330,13 +331,14 @@ export class RegistryClient {
     digest: string,
     offset: number,
     length: number,
-    options: SignalOptions = {},
+    options: RangeReadOptions = {},
   ): Promise<Uint8Array> {
     parseDigest(digest, 'blob digest');
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new ErofsOciError('internal', `Invalid range ${offset}+${length} of blob ${shortDigest(digest)}`);
     }
-    const out = new Uint8Array(length);
+    const onData = options.onData;
+    const out = new Uint8Array(onData ? 0 : length);
     if (length === 0) return out;
     const action = `Cannot read bytes ${offset}-${offset + length - 1} of blob ${shortDigest(digest)} of ${this.#name}`;
     const budget = new RetryBudget(this.#policy, action);
@@ -399,7 +401,8 @@ export class RegistryClient {
             skip = 0;
           }
           const take = Math.min(data.byteLength, length - filled);
-          out.set(data.subarray(0, take), filled);
+          if (onData) onData(take === data.byteLength ? data : data.subarray(0, take));
+          else out.set(data.subarray(0, take), filled);
           filled += take;
         }
       } catch (error) {

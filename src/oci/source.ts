@@ -96,7 +96,8 @@ export async function openRegistryImage(
       return (await client.getManifest(descriptor.digest, { signal })).bytes;
     },
     openBlob: (descriptor, { signal }) => client.openBlob(descriptor, { signal }),
-    readRange: (digest, offset, length, { signal }) => client.readRange(digest, offset, length, { signal }),
+    readRange: (digest, offset, length, { signal, onData }) =>
+      client.readRange(digest, offset, length, { signal, onData }),
     close: () => client.close(),
   };
   return new BackendImage(formatRegistryReference(reference), platform, backend);
