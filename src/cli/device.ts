@@ -4,14 +4,14 @@
  * inflated on demand from the gzip blob through its zinfo.
  */
 import { readFile } from 'node:fs/promises';
-import { openImage } from '../erofs/reader.ts';
+import { LAYOUT_HEAD_BYTES, layoutAnchors, openImage } from '../erofs/reader.ts';
 import { ErofsOciError } from '../errors.ts';
 import { decodeZinfo, openZinfoSource } from '../gzip-index/index.ts';
-import { type BlockCache, openBlockCache } from '../io/block-cache.ts';
+import { type BlockCache, openBlockCache, type RangeFetch } from '../io/block-cache.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { concatSources } from '../io/concat-source.ts';
 import { type FileSource, openFileSource } from '../io/file-source.ts';
-import { blobByteSource, type ImageSource, isRangeReader, type LayerDescriptor } from '../oci/index.ts';
+import { type ImageSource, isRangeReader, type LayerDescriptor } from '../oci/index.ts';
 import { wasAnsweredWhole } from '../oci/registry-client.ts';
 
 export interface DeviceOptions {
@@ -45,9 +45,28 @@ export async function openLayerDevice(
   if (!isRangeReader(image)) {
     throw new ErofsOciError('unsupported', `${image.name} cannot be read lazily (no range reads)`);
   }
-  const blob = blobByteSource(image, layer);
-  const blobCache = await openBlockCache((offset, length, signal) => blob.read(offset, length, { signal }), {
-    size: blob.size,
+  const reader = image;
+  let head: Uint8Array | undefined;
+  let anchors: number[] = [];
+  if (
+    layer.format.kind === 'erofs' &&
+    layer.format.compression === 'none' &&
+    options.tarIndex === undefined
+  ) {
+    // An EROFS layer: its superblock says where reads will go, so blocks are cut to fit (a small first
+    // fetch for the mount, the metadata area starting a block). The head fetched for it is what the mount
+    // reads first: the cache starts with it.
+    head = await reader.readRange(layer.digest, 0, Math.min(LAYOUT_HEAD_BYTES, layer.size), {
+      signal: options.signal,
+    });
+    anchors = layoutAnchors(head);
+  }
+  const fetch: RangeFetch = (offset, length, signal, sink) =>
+    reader.readRange(layer.digest, offset, length, { signal, onData: sink });
+  const blobCache = await openBlockCache(fetch, {
+    size: layer.size,
+    anchors,
+    ...(head === undefined ? {} : { prefetched: head }),
     name: `blob ${layer.digest} of ${image.name}`,
     // Range reads are checked as a whole, once every block has been fetched (src/io/block-cache.ts).
     ...(/^sha(256|512):/.test(layer.digest) ? { digest: layer.digest } : {}),

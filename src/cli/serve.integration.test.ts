@@ -23,6 +23,7 @@ import {
   withMount,
 } from '../../test-support/kernel.ts';
 import { assertSameTree, generateLayers } from '../../test-support/oracle.ts';
+import { startFaultProxy } from '../../test-support/registry-fault-proxy.ts';
 import {
   registryUnavailableReason,
   type RegistryHandle,
@@ -176,6 +177,77 @@ describe('serve', { skip }, () => {
     } finally {
       assert.equal(await stop(server), 0);
     }
+  });
+
+  it('cuts an EROFS layer where the mount and find read: the head alone, the metadata starting a block', async () => {
+    // A layer whose metadata starts well past 1 MiB and not on a 1 MiB boundary: 3 MiB of file data, then
+    // 40 directories of small files.
+    const tree = join(dir.path, 'anchored-tree');
+    await mkdir(tree);
+    await writeFile(join(tree, 'big'), Buffer.alloc(3 * 2 ** 20 + 12_345, 7));
+    for (let d = 0; d < 40; d++) {
+      await mkdir(join(tree, `d${d}`));
+      for (let f = 0; f < 30; f++) await writeFile(join(tree, `d${d}`, `f${f}`), `file ${d}/${f}\n`);
+    }
+    const image = join(dir.path, 'anchored.erofs');
+    const built = await runCli([
+      'build',
+      '--quiet',
+      '--timestamp',
+      '0',
+      '--uuid',
+      'clear',
+      `dir:${tree}`,
+      image,
+    ]);
+    assert.equal(built.status, 0, built.stderr);
+    const bytes = await readFile(image);
+    // meta_blkaddr (superblock at 1024, field at byte 40) in 4 KiB blocks.
+    const metaStart = bytes.readUInt32LE(1024 + 40) * 4096;
+    assert.ok(metaStart > 2 ** 20 && metaStart % 2 ** 20 !== 0, `metadata at ${metaStart}`);
+    const layout = join(dir.path, 'anchored-layout');
+    await writeLayout(
+      layout,
+      'v1',
+      [imageOf([{ mediaType: 'application/vnd.erofs.layer.v1', bytes, diffId: `sha256:${sha256(bytes)}` }])],
+      false,
+    );
+    await skopeo([
+      'copy',
+      '--dest-tls-verify=false',
+      `oci:${layout}:v1`,
+      `docker://${registry.host}/test/anchored:v1`,
+    ]);
+    const proxy = await startFaultProxy(registry.url);
+    const socket = join(dir.path, 'anchored.sock');
+    const server = await startServe(['--insecure', `${proxy.host}/test/anchored:v1`], socket);
+    try {
+      await withNbdfuseMount(socket, dir.path, async (mnt) => {
+        const listed = await check('find', [mnt]);
+        assert.equal(listed.trim().split('\n').length, 1 + 1 + 40 + 40 * 30);
+      });
+    } finally {
+      assert.equal(await stop(server), 0);
+      await proxy.stop();
+    }
+    const ranges = proxy.requests
+      .filter((r) => r.method === 'GET' && r.path.includes('/blobs/'))
+      .map((r) => {
+        const m = /^bytes=(\d+)-(\d+)$/.exec(String(r.headers.range));
+        assert.ok(m, `every blob request is a range: ${r.headers.range}`);
+        return [Number(m[1]), Number(m[2]) + 1] as const;
+      });
+    // The head (superblock and the mount's first read) comes first and alone: 128 KiB, not 1 MiB.
+    assert.deepEqual(ranges[0], [0, 128 * 1024]);
+    // No fetch straddles the start of the metadata, so the directories come in one range, not two.
+    for (const [from, to] of ranges) assert.ok(to <= metaStart || from >= metaStart, `${from}-${to}`);
+    assert.ok(
+      ranges.some(([from]) => from === metaStart),
+      'a fetch starts at the metadata',
+    );
+    // The find reads only the head and the metadata: the 3 MiB file's blocks are not fetched.
+    const fetched = ranges.reduce((sum, [from, to]) => sum + (to - from), 0);
+    assert.ok(fetched <= 128 * 1024 + (bytes.byteLength - metaStart), `fetched ${fetched} bytes`);
   });
 
   it('exports the hybrid device [index][uncompressed tar] of a gzip layer', async () => {

@@ -208,6 +208,27 @@ export interface OpenImageOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * The head of an image a lazy reader fetches first and alone: the superblock and what a mount's first
+ * read covers (the kernel reads the superblock's page with readahead: 16 KiB through nbdfuse, up to the
+ * 128 KiB default readahead window).
+ */
+export const LAYOUT_HEAD_BYTES = 128 * 1024;
+
+/**
+ * Where a lazy reader's blocks should start, from the first bytes of an EROFS image (at least its first
+ * 1152 bytes): after the head (`LAYOUT_HEAD_BYTES`), which a mount reads first, and at the metadata area
+ * (`meta_blkaddr`), where the inodes and, in our images, the directories a `find` walks begin, so that they
+ * start a block rather than straddle two. Empty when `head` holds no EROFS superblock: nothing is known
+ * about the layout.
+ */
+export function layoutAnchors(head: Uint8Array): number[] {
+  if (head.byteLength < EROFS_SUPER_OFFSET + superBlock.size) return [];
+  const sb = superBlock.decode(head, EROFS_SUPER_OFFSET);
+  if (sb.magic !== EROFS_SUPER_MAGIC_V1 || sb.blkszbits < 9 || sb.blkszbits > 16) return [];
+  return [LAYOUT_HEAD_BYTES, sb.metaBlkaddr * 2 ** sb.blkszbits];
+}
+
 export async function openImage(source: ByteSource, options: OpenImageOptions = {}): Promise<ErofsImage> {
   throwIfAborted(options.signal);
   const need = EROFS_SUPER_OFFSET + superBlock.size;
