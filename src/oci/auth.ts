@@ -1,29 +1,49 @@
 /**
  * Registry authentication (SPEC §1; https://distribution.github.io/distribution/spec/auth/token/).
  *
- * The handshake:
- *  1. Ping `GET /v2/` without credentials. 200: the registry is anonymous. 401: its `WWW-Authenticate`
- *     names the scheme (challenge.ts). Anything else means this is not a v2 registry.
+ * The scheme is learned from the registry's answer to the first real request, as containerd's resolver
+ * does, instead of from an up-front `GET /v2/` ping: an anonymous registry costs no extra round trip at
+ * all, and every `erofs-oci serve` process (one per layer of a lazy mount) starts one round trip sooner.
+ *
+ *  1. Until the scheme is known, a request goes out without `Authorization`; requests that start
+ *     meanwhile wait for its answer, so parallel first reads cost one 401, not one each. A 401 names the
+ *     scheme in `WWW-Authenticate` (challenge.ts) and the request is sent once more with the
+ *     `Authorization` of step 2 or 3. Any other answer means the repository is open to anonymous clients:
+ *     later requests go out bare too, until a 401 says otherwise (step 5).
  *  2. Basic challenge: every request to the registry host carries `Authorization: Basic` when we have
  *     credentials (credentials.ts); without them requests go out bare and a 401 is an 'auth' error.
  *  3. Bearer challenge: for each scope (`repository:NAME:pull`) ask the challenge's `realm` for a token
  *     with `service` and `scope` as query parameters — `GET` with Basic credentials, or anonymously when
  *     there are none; an identity token is exchanged with an OAuth2 `POST` (grant_type=refresh_token).
  *  4. The answer's `token` (or `access_token`) is cached per scope until `expires_in` (default 60 s)
- *     runs out, minus a margin; later requests for the scope reuse it and an expired one is replaced first.
- *  5. A 401 to a request: drop the token it carried, take the realm and any `scope` the new challenge
+ *     runs out, minus a margin; later requests for the scope carry it up front and an expired one is
+ *     replaced first.
+ *  5. A 401 to a request once the scheme is known: follow the challenge it brings (a registry may ask
+ *     differently per repository), drop the token the request carried, take any `scope` the challenge
  *     names (`error="insufficient_scope"`), fetch a fresh token and send the request once more. A second
  *     401 goes back to the caller, which reports an 'auth' error.
- *  6. The token realm answering 401/403 is an 'auth' error naming the user and where the credentials came
- *     from, never the secret.
+ *  6. The one ping left: a registry may hide private repositories from anonymous clients behind 404 (or
+ *     403) instead of a 401 challenge. When the first answer is one of those and credentials are
+ *     configured for the host, `GET /v2/` is asked for the scheme after all; a 401 there leads to step 2
+ *     or 3 and one more try of the request, anything else leaves the first answer standing.
+ *  7. The token realm answering 400/401/403 is an 'auth' error naming the user and where the credentials
+ *     came from, never the secret.
  *
- * Credentials go only to the registry host and its token realm; the redirect layer strips
- * `Authorization` when a redirect leaves the origin.
+ * Registry credentials go only to the registry host (withAuth passes other hosts by) and, as the token
+ * spec demands, Basic credentials to its token realm; the redirect layer strips `Authorization` when a
+ * redirect leaves the origin. Retrying a request is safe: they are all GETs and HEADs without a body.
  */
-import { ErofsOciError } from '../errors.ts';
+import { ErofsOciError, raceAbort } from '../errors.ts';
 import { type Challenge, parseWwwAuthenticate } from './challenge.ts';
 import type { Credential, CredentialLookup } from './credentials.ts';
-import { displayUrl, type HttpRequest, type Layer, type Send, withHeader } from './http.ts';
+import {
+  displayUrl,
+  type HttpRequest,
+  type HttpResponse,
+  type Layer,
+  type Send,
+  withHeader,
+} from './http.ts';
 
 type Scheme =
   | { readonly kind: 'anonymous' }
@@ -38,9 +58,9 @@ interface CachedToken {
 export interface RegistryAuthOptions {
   /** `HOST[:PORT]` of the registry API: the only host that gets registry credentials. */
   readonly host: string;
-  /** Base URL for the ping: `https://HOST` (the scheme layer may switch to HTTP). */
+  /** Base URL for the fallback ping of step 6: `https://HOST` (the scheme layer may switch to HTTP). */
   readonly baseUrl: URL;
-  /** Transport without auth, for the ping and the token realm. */
+  /** Transport without auth, for the fallback ping and the token realm. */
   readonly send: Send;
   /** Looks credentials up when they are first needed (they may come from a helper program). */
   readonly credentials: (signal: AbortSignal | undefined) => Promise<CredentialLookup>;
@@ -58,41 +78,145 @@ function tokenLifetimeMs(expiresIn: number): number {
 
 export class RegistryAuth {
   readonly #options: RegistryAuthOptions;
-  #scheme: Promise<Scheme> | undefined;
+  /** How requests to the registry are authorised; undefined until an answer has taught it (step 1). */
+  #scheme: Scheme | undefined;
+  /** While a request is learning the scheme: settles when it has its answer. */
+  #learning: Promise<void> | undefined;
   #credentials: Promise<CredentialLookup> | undefined;
   readonly #tokens = new Map<string, CachedToken>();
   readonly #pending = new Map<string, Promise<CachedToken>>();
   /** Token requests made, for tests and diagnostics. */
   tokenRequests = 0;
+  /** `GET /v2/` requests made (step 6 only), for tests and diagnostics. */
+  pings = 0;
 
   constructor(options: RegistryAuthOptions) {
     this.#options = options;
   }
 
-  /** Step 1, once: the registry's scheme. A failed ping is forgotten so the next call tries again. */
-  ping(signal?: AbortSignal): Promise<Scheme> {
-    if (this.#scheme === undefined) {
-      const attempt = this.#ping(signal);
-      this.#scheme = attempt;
-      attempt.catch(() => {
-        if (this.#scheme === attempt) this.#scheme = undefined;
-      });
+  /** Sends `request` to the registry host through `next`, authorised, retrying once after a 401. */
+  async send(next: Send, request: HttpRequest): Promise<HttpResponse> {
+    const signal = request.signal;
+    let finishLearning: (() => void) | undefined;
+    while (this.#scheme === undefined && finishLearning === undefined) {
+      if (this.#learning === undefined) {
+        // Step 1: this request goes out bare and learns the scheme; later ones wait for it.
+        const { promise, resolve } = Promise.withResolvers<void>();
+        this.#learning = promise;
+        finishLearning = () => {
+          this.#learning = undefined;
+          resolve();
+        };
+      } else {
+        await raceAbort(this.#learning, signal);
+      }
     }
-    return this.#scheme;
+    try {
+      const scheme = this.#scheme;
+      const used =
+        scheme === undefined ? undefined : await this.#authorization(scheme, request.scope, signal);
+      const response = await next(withHeader(request, 'authorization', used));
+      let retry: string | undefined;
+      try {
+        retry = await this.#retryAuthorization(request, used, response, finishLearning !== undefined);
+      } catch (error) {
+        await response.body.discard();
+        throw error;
+      }
+      if (retry === undefined) return response;
+      await response.body.discard();
+      return await next(withHeader(request, 'authorization', retry));
+    } finally {
+      // A request that failed without an answer taught nothing: the next one learns instead.
+      finishLearning?.();
+    }
   }
 
-  async #ping(signal: AbortSignal | undefined): Promise<Scheme> {
+  /** Steps 2–4: the `Authorization` value for a request in `scope`, or undefined to go anonymous. */
+  async #authorization(scheme: Scheme, scope: string | undefined, signal: AbortSignal | undefined) {
+    if (scheme.kind === 'anonymous') return undefined;
+    const { credential } = await this.#lookup(signal);
+    if (scheme.kind === 'basic') return credential?.kind === 'basic' ? basicValue(credential) : undefined;
+    const token = await this.#token(scheme, scopesOf(scope), signal);
+    return `Bearer ${token.token}`;
+  }
+
+  /**
+   * What the answer to a request that carried `used` teaches (steps 1, 5 and 6): the `Authorization` to
+   * send it with once more, or undefined when the answer stands.
+   */
+  async #retryAuthorization(
+    request: HttpRequest,
+    used: string | undefined,
+    response: HttpResponse,
+    learning: boolean,
+  ): Promise<string | undefined> {
+    if (response.url.host !== this.#options.host) {
+      // A redirect took the request to another host (object storage): its answer says nothing about the
+      // registry's scheme, except that the registry let an anonymous request through.
+      if (learning) this.#scheme = { kind: 'anonymous' };
+      return undefined;
+    }
+    if (response.status === 401) return this.#challenged(request.scope, used, response, request.signal);
+    if (!learning) return undefined;
+    if (response.status === 403 || response.status === 404) return this.#pingAfterDenial(request);
+    this.#scheme = { kind: 'anonymous' };
+    return undefined;
+  }
+
+  /** Steps 1 and 5: a 401 from the registry. */
+  async #challenged(
+    scope: string | undefined,
+    used: string | undefined,
+    response: HttpResponse,
+    signal: AbortSignal | undefined,
+  ): Promise<string | undefined> {
+    const challenges = parseWwwAuthenticate(response.headers['www-authenticate']);
+    let scheme = this.#scheme;
+    if (challenges.length > 0 || scheme === undefined) {
+      // The latest challenge wins: a registry may protect repositories differently.
+      scheme = schemeFrom(challenges, response.url);
+      this.#scheme = scheme;
+    }
+    if (scheme.kind === 'anonymous') return undefined;
+    if (scheme.kind === 'basic') {
+      const value = await this.#authorization(scheme, scope, signal);
+      return value !== undefined && value !== used ? value : undefined;
+    }
+    const requested = scopesOf(scope);
+    const scopes = [...requested];
+    const asked = challenges.find((c) => c.scheme === 'bearer')?.params.scope;
+    if (asked) for (const s of asked.split(' ')) if (s !== '' && !scopes.includes(s)) scopes.push(s);
+    const key = scopes.join(' ');
+    const cached = this.#tokens.get(key);
+    if (cached !== undefined && used === `Bearer ${cached.token}`) this.#tokens.delete(key);
+    const token = await this.#token(scheme, scopes, signal, used);
+    // A token for more scopes also serves the request's own, so later requests carry it up front.
+    if (scopes.length > requested.length) this.#tokens.set(requested.join(' '), token);
+    return `Bearer ${token.token}`;
+  }
+
+  /** Step 6: the first answer was 403/404; ask `GET /v2/` for a challenge if we have credentials. */
+  async #pingAfterDenial(request: HttpRequest): Promise<string | undefined> {
+    const signal = request.signal;
+    this.#scheme = { kind: 'anonymous' };
+    let credential: Credential | undefined;
+    try {
+      ({ credential } = await this.#lookup(signal));
+    } catch {
+      // The registry has answered; credentials we cannot read could not change that answer, and a broken
+      // credential helper must not hide a plain "not found" from anonymous users.
+      return undefined;
+    }
+    if (credential === undefined) return undefined;
     const url = new URL('/v2/', this.#options.baseUrl);
-    const response = await this.#options.send({ method: 'GET', url, signal });
-    await response.body.discard();
-    if (response.status === 200) return { kind: 'anonymous' };
-    if (response.status === 401)
-      return schemeFrom(parseWwwAuthenticate(response.headers['www-authenticate']), url);
-    throw new ErofsOciError(
-      response.status === 404 ? 'not-found' : 'io',
-      `Cannot reach the registry API at ${displayUrl(url)}: HTTP ${response.status}`,
-      { hint: response.status === 404 ? 'is this host an OCI registry?' : undefined },
-    );
+    this.pings++;
+    const ping = await this.#options.send({ method: 'GET', url, signal });
+    await ping.body.discard();
+    if (ping.status !== 401) return undefined;
+    const scheme = schemeFrom(parseWwwAuthenticate(ping.headers['www-authenticate']), ping.url);
+    this.#scheme = scheme;
+    return this.#authorization(scheme, request.scope, signal);
   }
 
   #lookup(signal: AbortSignal | undefined): Promise<CredentialLookup> {
@@ -104,60 +228,6 @@ export class RegistryAuth {
       });
     }
     return this.#credentials;
-  }
-
-  /** Steps 2–4: the `Authorization` value for a request in `scope`, or undefined to go anonymous. */
-  async authorization(scope: string | undefined, signal?: AbortSignal): Promise<string | undefined> {
-    const scheme = await this.ping(signal);
-    return this.#authorizationFor(scheme, scope, signal);
-  }
-
-  async #authorizationFor(scheme: Scheme, scope: string | undefined, signal: AbortSignal | undefined) {
-    if (scheme.kind === 'anonymous') return undefined;
-    const { credential } = await this.#lookup(signal);
-    if (scheme.kind === 'basic') return credential?.kind === 'basic' ? basicValue(credential) : undefined;
-    const token = await this.#token(scheme, scopesOf(scope), signal);
-    return `Bearer ${token.token}`;
-  }
-
-  /**
-   * Step 5: after a 401 to a request that carried `used`, the `Authorization` to retry with once, or
-   * undefined when there is nothing different to try.
-   */
-  async retryAuthorization(
-    scope: string | undefined,
-    used: string | undefined,
-    challenges: readonly Challenge[],
-    url: URL,
-    signal?: AbortSignal,
-  ): Promise<string | undefined> {
-    let scheme = await this.ping(signal);
-    const challenged = challenges.length > 0 ? schemeFrom(challenges, url) : scheme;
-    if (
-      challenged.kind !== scheme.kind ||
-      (challenged.kind === 'bearer' &&
-        scheme.kind === 'bearer' &&
-        challenged.realm.href !== scheme.realm.href)
-    ) {
-      // The registry asks differently than it did at the ping (per-repository auth): follow it.
-      scheme = challenged;
-      this.#scheme = Promise.resolve(challenged);
-    }
-    if (scheme.kind === 'basic') {
-      const value = await this.#authorizationFor(scheme, scope, signal);
-      return value !== undefined && value !== used ? value : undefined;
-    }
-    if (scheme.kind !== 'bearer') return undefined;
-    const scopes = scopesOf(scope);
-    const bearer = challenges.find((c) => c.scheme === 'bearer');
-    const asked = bearer?.params.scope;
-    if (asked) for (const s of asked.split(' ')) if (s !== '' && !scopes.includes(s)) scopes.push(s);
-    const key = scopes.join(' ');
-    const cached = this.#tokens.get(key);
-    if (cached !== undefined && used === `Bearer ${cached.token}`) this.#tokens.delete(key);
-    const token = await this.#token(scheme, scopes, signal, used);
-    const value = `Bearer ${token.token}`;
-    return value;
   }
 
   async #token(
@@ -317,17 +387,7 @@ function schemeFrom(challenges: readonly Challenge[], url: URL): Scheme {
   );
 }
 
-/** The auth layer: authorises requests to the registry host, and retries once after a 401 (step 5). */
+/** The auth layer: requests to the registry host go through `auth`, all others pass unchanged. */
 export function withAuth(auth: RegistryAuth, host: string): Layer {
-  return (next) => async (request) => {
-    if (request.url.host !== host) return next(request);
-    const used = await auth.authorization(request.scope, request.signal);
-    const response = await next(withHeader(request, 'authorization', used));
-    if (response.status !== 401) return response;
-    const challenges = parseWwwAuthenticate(response.headers['www-authenticate']);
-    const retry = await auth.retryAuthorization(request.scope, used, challenges, request.url, request.signal);
-    if (retry === undefined) return response;
-    await response.body.discard();
-    return next(withHeader(request, 'authorization', retry));
-  };
+  return (next) => (request) => (request.url.host === host ? auth.send(next, request) : next(request));
 }

@@ -280,8 +280,10 @@ export function errorText(error: unknown): string {
  * 'unavailable' (SPEC §4 exit 7), an abort is 'aborted'.
  */
 export function networkError(error: unknown, action: string, signal?: AbortSignal): ErofsOciError {
+  // An abort noticed deeper down (raceAbort) does not know the action; name it here.
+  if (signal?.aborted && (!(error instanceof ErofsOciError) || error.code === 'aborted'))
+    return new ErofsOciError('aborted', `${action}: aborted`, { cause: signal.reason });
   if (error instanceof ErofsOciError) return error;
-  if (signal?.aborted) return new ErofsOciError('aborted', `${action}: aborted`, { cause: signal.reason });
   const code = errorCode(error) ?? '';
   if (TLS_CODES.test(code)) {
     // OpenSSL's own messages are long internal strings; Node's certificate messages read well.

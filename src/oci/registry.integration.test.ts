@@ -4,6 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,6 +29,7 @@ import { exitStatusFor, isErofsOciError } from '../errors.ts';
 import type { ImageSource } from './image.ts';
 import { isRangeReader, readBlob, readConfig } from './image.ts';
 import { formatPlatform } from './platform.ts';
+import { RegistryClient } from './registry-client.ts';
 import { type OpenImageSourceOptions, openImageSource } from './source.ts';
 
 const skip = registryUnavailableReason();
@@ -72,6 +75,49 @@ function assertError(code: Parameters<typeof isErofsOciError>[1], pattern: RegEx
     assert.equal(exitStatusFor(error), status);
     return true;
   };
+}
+
+/**
+ * A front for a registry that answers 404 to every API request without credentials, the way some
+ * registries hide private repositories from anonymous clients; `GET /v2/` still gets the real challenge.
+ */
+async function startHidingFront(upstream: string): Promise<{ url: string; stop(): Promise<void> }> {
+  const target = new URL(upstream);
+  const server = createServer((req, res) => {
+    if (req.headers.authorization === undefined && req.url !== '/v2/') {
+      req.resume();
+      res
+        .writeHead(404, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ errors: [{ code: 'NAME_UNKNOWN', message: 'repository name not known' }] }));
+      return;
+    }
+    const forward = httpRequest(
+      { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    forward.on('error', () => res.socket?.destroy());
+    req.pipe(forward);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    async stop() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** What the registry saw since request `from`: `METHOD PATH STATUS AUTH-SCHEME`, digests shortened. */
+function seen(proxy: FaultProxy, from = 0): string[] {
+  return proxy.requests.slice(from).map((r) => {
+    const path = r.path.replace(/sha256:[0-9a-f]{64}/, 'sha256:…');
+    const scheme = String(r.headers.authorization ?? '-').split(' ')[0];
+    return `${r.method} ${path} ${r.status} ${scheme}`;
+  });
 }
 
 describe('registry client (integration)', { skip, timeout: 300_000 }, () => {
@@ -346,9 +392,9 @@ describe('registry client (integration)', { skip, timeout: 300_000 }, () => {
         await pullAll(image);
         assert.ok(tokenServer.requests.length - before >= 2, 'a new token after the first expired');
         assert.deepEqual(
-          proxy.requests.filter((r) => r.path !== '/v2/' && r.status === 401),
+          proxy.requests.filter((r) => r.headers.authorization !== undefined && r.status === 401),
           [],
-          'the registry never saw an expired token',
+          'the registry never refused a token (the only 401 is the first, anonymous request)',
         );
       } finally {
         tokenServer.setLifetime(300);
@@ -386,6 +432,128 @@ describe('registry client (integration)', { skip, timeout: 300_000 }, () => {
       } finally {
         tokenServer.setLifetime(300);
         await proxy.stop();
+      }
+    });
+  });
+
+  describe('request counts', () => {
+    const alice = { username: 'alice', password: 'wonderland' };
+    let proxy: FaultProxy | undefined;
+    let client: RegistryClient | undefined;
+    after(async () => {
+      await client?.close();
+      await proxy?.stop();
+    });
+
+    /** A client for test/simple behind a fresh counting proxy in front of `upstream`. */
+    async function counting(upstream: string, auth: OpenImageSourceOptions['auth']): Promise<RegistryClient> {
+      await client?.close();
+      await proxy?.stop();
+      proxy = await startFaultProxy(upstream);
+      client = await RegistryClient.open(proxy.host, 'test/simple', {
+        insecure: true,
+        timeoutMs: 10_000,
+        auth,
+      });
+      return client;
+    }
+
+    /** Requests the registry sees for: the manifest by tag, then by digest, then a range of a layer. */
+    async function countSteps(registry: RegistryClient): Promise<string[][]> {
+      const image = fixtures.simple.images[0]!;
+      const steps: (() => Promise<unknown>)[] = [
+        () => registry.getManifest('v1'),
+        () => registry.getManifest(image.manifest.digest),
+        () => registry.readRange(image.layers[0]!.digest, 10, 20),
+      ];
+      const counts: string[][] = [];
+      for (const step of steps) {
+        const from = proxy!.requests.length;
+        await step();
+        counts.push(seen(proxy!, from));
+      }
+      return counts;
+    }
+
+    it('an anonymous registry answers each request at once, never asked GET /v2/', async () => {
+      const registry = await counting(plain.url, { env: { HOME: '/nonexistent' } });
+      assert.deepEqual(await countSteps(registry), [
+        ['GET /v2/test/simple/manifests/v1 200 -'],
+        ['GET /v2/test/simple/manifests/sha256:… 200 -'],
+        ['GET /v2/test/simple/blobs/sha256:… 206 -'],
+      ]);
+      assert.equal(registry.auth.pings, 0);
+    });
+
+    it('a Bearer registry: 401, one token and the retry, then one request each', async () => {
+      const registry = await counting(token.url, alice);
+      const tokens = tokenServer.requests.length;
+      assert.deepEqual(await countSteps(registry), [
+        ['GET /v2/test/simple/manifests/v1 401 -', 'GET /v2/test/simple/manifests/v1 200 Bearer'],
+        ['GET /v2/test/simple/manifests/sha256:… 200 Bearer'],
+        ['GET /v2/test/simple/blobs/sha256:… 206 Bearer'],
+      ]);
+      assert.equal(tokenServer.requests.length - tokens, 1, 'one token for the whole session');
+      assert.equal(registry.auth.pings, 0);
+    });
+
+    it('a Basic registry: 401 and the retry, then one request each', async () => {
+      const registry = await counting(basic.url, alice);
+      assert.deepEqual(await countSteps(registry), [
+        ['GET /v2/test/simple/manifests/v1 401 -', 'GET /v2/test/simple/manifests/v1 200 Basic'],
+        ['GET /v2/test/simple/manifests/sha256:… 200 Basic'],
+        ['GET /v2/test/simple/blobs/sha256:… 206 Basic'],
+      ]);
+      assert.equal(registry.auth.pings, 0);
+    });
+
+    it('parallel first requests wait for the one that learns the scheme', async () => {
+      const registry = await counting(token.url, alice);
+      const tokens = tokenServer.requests.length;
+      const layer = fixtures.simple.images[0]!.layers[0]!;
+      const expected = fixtures.blobs.get(layer.digest)!.bytes;
+      const reads = await Promise.all(
+        [0, 10, 20, 30].map((offset) => registry.readRange(layer.digest, offset, 10)),
+      );
+      reads.forEach((bytes, i) => {
+        assert.ok(Buffer.from(bytes).equals(expected.subarray(i * 10, i * 10 + 10)));
+      });
+      const requests = seen(proxy!);
+      assert.deepEqual(requests.slice(0, 2), [
+        'GET /v2/test/simple/blobs/sha256:… 401 -',
+        'GET /v2/test/simple/blobs/sha256:… 206 Bearer',
+      ]);
+      assert.deepEqual(requests.slice(2), Array(3).fill('GET /v2/test/simple/blobs/sha256:… 206 Bearer'));
+      assert.equal(tokenServer.requests.length - tokens, 1);
+    });
+
+    it('pings GET /v2/ only when a registry hides a repository from anonymous clients with 404', async () => {
+      const front = await startHidingFront(basic.url);
+      try {
+        const registry = await counting(front.url, alice);
+        assert.deepEqual(await countSteps(registry), [
+          [
+            'GET /v2/test/simple/manifests/v1 404 -',
+            'GET /v2/ 401 -',
+            'GET /v2/test/simple/manifests/v1 200 Basic',
+          ],
+          ['GET /v2/test/simple/manifests/sha256:… 200 Basic'],
+          ['GET /v2/test/simple/blobs/sha256:… 206 Basic'],
+        ]);
+        assert.equal(registry.auth.pings, 1);
+
+        const anonymous = await counting(front.url, { env: { HOME: '/nonexistent' } });
+        await assert.rejects(
+          anonymous.getManifest('v1'),
+          assertError('not-found', /test\/simple:v1: no such repository or tag: NAME_UNKNOWN/, 3),
+        );
+        assert.deepEqual(
+          seen(proxy!),
+          ['GET /v2/test/simple/manifests/v1 404 -'],
+          'no ping without credentials',
+        );
+      } finally {
+        await front.stop();
       }
     });
   });
