@@ -61,9 +61,10 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErofsOciError, isErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
-import type { ByteSource, Closable, ReadOptions } from './byte-source.ts';
 import { BlockGrid } from './block-grid.ts';
+import type { ByteSource, Closable, ReadOptions } from './byte-source.ts';
 import { crc32c } from './crc32c.ts';
+import { isProcessAlive as isAlive } from './process.ts';
 
 /**
  * Fetches exactly `length` bytes at `offset` of the underlying object and resolves with them; or, when it
@@ -1368,15 +1369,6 @@ async function takeLock(path: string, action: string): Promise<void> {
     await unlink(path).catch(() => {});
   }
   throw new ErofsOciError('io', `${action}: cannot take the lock ${path}`);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function fsError(action: string, error: unknown): ErofsOciError {

@@ -14,6 +14,7 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
+import { isProcessAlive as isAlive } from '../io/process.ts';
 import { spawnHolder } from './holder.ts';
 import {
   ensurePrivateDir,
@@ -61,15 +62,7 @@ export interface MountPlan {
 const SERVER_READY_TIMEOUT_MS = 90_000;
 const STOP_TIMEOUT_MS = 10_000;
 
-export function isAlive(pid: number): boolean {
-  if (pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export { isProcessAlive as isAlive } from '../io/process.ts';
 
 async function run(command: string, args: string[]): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -197,43 +190,49 @@ export async function startServer(
   return pid;
 }
 
-async function startDevice(
-  record: MountRecord,
-  layer: LayerRecord,
-  dir: string,
-  signal?: AbortSignal,
-): Promise<number> {
-  if (record.backend === 'nbd') {
-    // Kept small: this machine's kernel has no NBD driver, so this path is not exercised by the tests.
-    const result = await run('nbd-client', [
-      '-unix',
-      layer.socket,
-      layer.device,
-      '-readonly',
-      '-persist',
-      '-block-size',
-      '4096',
-    ]);
-    if (result.code !== 0)
-      throw new ErofsOciError('io', `nbd-client failed on ${layer.device}: ${result.stderr}`);
-    const pid = Number(
-      (await readFile(`/sys/block/${layer.device.replace('/dev/', '')}/pid`, 'utf8').catch(() => '0')).trim(),
-    );
-    return pid;
-  }
-  await writeFile(layer.device, '', { mode: 0o600 });
-  const { pid } = await spawnHolder(
-    {
+/** Attaches a layer's server to its /dev/nbdN; returns the pid nbd-client leaves serving it. */
+async function attachNbd(layer: LayerRecord): Promise<number> {
+  // Kept small: this machine's kernel has no NBD driver, so this path is not exercised by the tests.
+  const result = await run('nbd-client', [
+    '-unix',
+    layer.socket,
+    layer.device,
+    '-readonly',
+    '-persist',
+    '-block-size',
+    '4096',
+  ]);
+  if (result.code !== 0)
+    throw new ErofsOciError('io', `nbd-client failed on ${layer.device}: ${result.stderr}`);
+  return Number(
+    (await readFile(`/sys/block/${layer.device.replace('/dev/', '')}/pid`, 'utf8').catch(() => '0')).trim(),
+  );
+}
+
+/**
+ * Starts the one holder process that serves every layer's FUSE file (src/mount/holder-main.ts) and
+ * records its pid as each layer's device pid.
+ */
+async function startHolder(record: MountRecord, dir: string, signal: AbortSignal): Promise<void> {
+  const devices = [];
+  for (const layer of record.layers) {
+    await writeFile(layer.device, '', { mode: 0o600 });
+    devices.push({
       mountpoint: layer.device,
       socketPath: layer.socket,
-      ioTimeoutMs: record.ioTimeoutMs,
       fsname: `erofs-oci:${layer.digest.slice(0, 19)}`,
-      logFile: join(dir, `layer-${layer.index}.holder.log`),
-      readyFile: join(dir, `layer-${layer.index}.holder.ready`),
+    });
+  }
+  const { pid } = await spawnHolder(
+    {
+      devices,
+      ioTimeoutMs: record.ioTimeoutMs,
+      logFile: join(dir, 'holder.log'),
+      readyFile: join(dir, 'holder.ready'),
     },
-    { configPath: join(dir, `layer-${layer.index}.holder.json`), signal },
+    { configPath: join(dir, 'holder.json'), signal },
   );
-  return pid;
+  for (const layer of record.layers) layer.devicePid = pid;
 }
 
 async function freeNbdDevice(used: Set<string>): Promise<string> {
@@ -302,24 +301,40 @@ export async function mountLazy(plan: MountPlan): Promise<MountRecord> {
     }
     // Written before any process starts, so that umount finds whatever a failure leaves.
     await writeRecord(dir, record);
-    // Layers start side by side: servers first (the holders connect to them), then the devices.
-    await allOrFirstError(
-      record.layers.map(async (entry) => {
-        entry.serverPid = await startServer(record, entry, {
-          cli: plan.cli,
-          dir,
-          password: plan.password,
-          signal: plan.signal,
-        });
-      }),
-    );
-    await writeRecord(dir, record);
-    await allOrFirstError(
-      record.layers.map(async (entry) => {
-        entry.devicePid = await startDevice(record, entry, dir, plan.signal);
-        plan.log?.(`layer ${entry.index} ${entry.digest}: server ${entry.serverPid}, device ${entry.device}`);
-      }),
-    );
+    // Everything starts side by side: the servers, and the FUSE holder, which waits for their sockets
+    // (a server that cannot start stops the holder's wait). nbd-client needs the servers up first.
+    const starting = new AbortController();
+    const stopStarting = () => starting.abort();
+    plan.signal?.addEventListener('abort', stopStarting, { once: true });
+    try {
+      const servers = record.layers.map(async (entry) => {
+        try {
+          entry.serverPid = await startServer(record, entry, {
+            cli: plan.cli,
+            dir,
+            password: plan.password,
+            signal: starting.signal,
+          });
+        } catch (error) {
+          starting.abort();
+          throw error;
+        }
+      });
+      if (plan.backend === 'nbd') {
+        await allOrFirstError(servers);
+        await allOrFirstError(
+          record.layers.map(async (entry) => {
+            entry.devicePid = await attachNbd(entry);
+          }),
+        );
+      } else {
+        await allOrFirstError([...servers, startHolder(record, dir, starting.signal)]);
+      }
+    } finally {
+      plan.signal?.removeEventListener('abort', stopStarting);
+    }
+    for (const entry of record.layers)
+      plan.log?.(`layer ${entry.index} ${entry.digest}: server ${entry.serverPid}, device ${entry.device}`);
     await writeRecord(dir, record);
     await stackLayers(record);
     await writeRecord(dir, record);
