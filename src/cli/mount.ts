@@ -231,7 +231,8 @@ export async function listCommand(args: string[], io: CommandIo): Promise<number
     backend: r.backend,
     health: healthOf(r, root),
     pids: r.layers.map((l) => l.serverPid),
-    devicePids: r.layers.map((l) => l.devicePid).filter((p) => p > 0),
+    // One holder process serves every FUSE device of a mount: its pid is listed once.
+    devicePids: [...new Set(r.layers.map((l) => l.devicePid).filter((p) => p > 0))],
     layers: r.layers.map((l) => ({
       index: l.index,
       digest: l.digest,

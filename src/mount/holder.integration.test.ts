@@ -115,7 +115,7 @@ async function deploy(t: TestContext, ioTimeoutMs: number): Promise<Deployment> 
     await dir.cleanup();
   });
   const { pid } = await spawnHolder(
-    { mountpoint: device, socketPath: socket, ioTimeoutMs, logFile, readyFile },
+    { devices: [{ mountpoint: device, socketPath: socket }], ioTimeoutMs, logFile, readyFile },
     { configPath: join(dir.path, 'holder.json'), readyTimeoutMs: 30_000 },
   );
   deployment.holderPid = pid;
@@ -259,7 +259,7 @@ describe('device holder (integration)', { skip, timeout: 600_000 }, () => {
     process.kill(deployment.holderPid, 'SIGTERM');
     await sleep(500);
     assert.ok(isAlive(deployment.holderPid), 'the holder ignored SIGTERM while the device is in use');
-    assert.match(await deployment.log(), /Still serving: Cannot unmount FUSE file .*busy/);
+    assert.match(await deployment.log(), /Still serving .*: Cannot unmount FUSE file .*busy/);
     await dropCaches();
     assert.equal((await sha256sum(join(deployment.mnt, 'big'))).hash, shared.bigHash);
 
@@ -269,7 +269,7 @@ describe('device holder (integration)', { skip, timeout: 600_000 }, () => {
     for (let i = 0; i < 100 && isAlive(deployment.holderPid); i++) await sleep(50);
     assert.ok(!isAlive(deployment.holderPid), 'the holder exited');
     assert.ok(!isMounted(deployment.device));
-    assert.match(await deployment.log(), /Unmounted; exiting/);
+    assert.match(await deployment.log(), /Every device unmounted; exiting/);
   });
 
   test('the holder survives 20 server kills under continuous reads without a failed read', async (t) => {
@@ -302,6 +302,65 @@ describe('device holder (integration)', { skip, timeout: 600_000 }, () => {
     assert.ok(results.length >= 3, `only ${results.length} whole reads`);
     const log = await deployment.log();
     assert.ok(count(log, /Reconnected to NBD server/) >= 20, log);
+  });
+
+  test('one holder serves several devices, waiting for servers that start after it', async (t) => {
+    assert.ok(shared);
+    const { image } = shared;
+    const dir = await tmpdir('erofs-oci-holder-multi-');
+    const names = ['a', 'b'];
+    const servers: Nbdkit[] = [];
+    let holderPid = 0;
+    t.after(async () => {
+      for (const name of names) await forceUnmount(join(dir.path, `mnt-${name}`));
+      for (const name of names) await forceUnmount(join(dir.path, `dev-${name}`));
+      if (holderPid && isAlive(holderPid)) process.kill(holderPid, 'SIGKILL');
+      for (const server of servers) await server.kill('SIGKILL');
+      await dir.cleanup();
+    });
+    const devices = [];
+    for (const name of names) {
+      await writeFile(join(dir.path, `dev-${name}`), '');
+      await mkdir(join(dir.path, `mnt-${name}`));
+      devices.push({ mountpoint: join(dir.path, `dev-${name}`), socketPath: join(dir.path, `${name}.sock`) });
+    }
+    const readyFile = join(dir.path, 'holder.ready');
+    const holding = spawnHolder(
+      { devices, ioTimeoutMs: 20_000, logFile: join(dir.path, 'holder.log'), readyFile },
+      { configPath: join(dir.path, 'holder.json'), readyTimeoutMs: 30_000 },
+    );
+    // The servers come up only after the holder has started and found no socket.
+    await sleep(300);
+    for (const name of names)
+      servers.push(await startNbdkit(join(dir.path, `${name}.sock`), ['file', image]));
+    holderPid = (await holding).pid;
+    const ready = JSON.parse(await readFile(readyFile, 'utf8')) as HolderReady;
+    assert.ok(ready.ok);
+    assert.deepEqual(
+      ready.devices.map((d) => d.mountpoint),
+      devices.map((d) => d.mountpoint),
+    );
+    for (const name of names) {
+      const mounted = await runChild('mount', [
+        '-t',
+        'erofs',
+        '-o',
+        'ro',
+        join(dir.path, `dev-${name}`),
+        join(dir.path, `mnt-${name}`),
+      ]).done;
+      assert.equal(mounted.status, 0, mounted.stderr);
+      assert.equal(await readFile(join(dir.path, `mnt-${name}`, 'sub', 'small'), 'utf8'), shared.small);
+    }
+    // The holder outlives the first device's unmount and exits after the last.
+    for (const name of names) await forceUnmount(join(dir.path, `mnt-${name}`));
+    await forceUnmount(join(dir.path, 'dev-a'));
+    await sleep(300);
+    assert.ok(isAlive(holderPid), 'still serving dev-b');
+    await forceUnmount(join(dir.path, 'dev-b'));
+    for (let i = 0; i < 100 && isAlive(holderPid); i++) await sleep(50);
+    assert.ok(!isAlive(holderPid), 'the holder exits once every device is unmounted');
+    assert.match(await readFile(join(dir.path, 'holder.log'), 'utf8'), /dev-a: Connected to NBD server/);
   });
 
   test('the holder fails reads with EIO once no server has come back within the I/O timeout', async (t) => {

@@ -39,6 +39,9 @@ export interface ReconnectingNbdSource extends ByteSource, Closable {
   readonly connections: number;
 }
 
+/** Redial delay until the first connection is made (a server starting alongside). */
+const FIRST_CONNECTION_POLL_MS = 20;
+
 interface Waiter {
   resolve(connection: NbdConnection): void;
   reject(error: ErofsOciError): void;
@@ -189,9 +192,14 @@ class Reconnecting implements ReconnectingNbdSource {
         } catch (error) {
           const message = (error as Error).message;
           // One line per kind of failure, not per attempt: a dead server is redialled several times a second.
-          if (message !== lastError) this.#log(`Cannot reconnect (attempt ${attempts}): ${message}`);
+          if (message !== lastError)
+            this.#log(
+              `Cannot ${this.connections === 0 ? 'connect' : 'reconnect'} (attempt ${attempts}): ${message}`,
+            );
           lastError = message;
-          await sleep(delay, undefined, { signal: this.#closing.signal }).catch(() => {
+          // Before the first connection the server is starting (side by side with us): poll it briskly.
+          const wait = this.connections === 0 ? Math.min(delay, FIRST_CONNECTION_POLL_MS) : delay;
+          await sleep(wait, undefined, { signal: this.#closing.signal }).catch(() => {
             // Closed while waiting: the loop condition ends the loop.
           });
           delay = Math.min(this.#maxDelay, delay * 2);
@@ -306,23 +314,31 @@ export async function runHolder(options: HolderOptions): Promise<Holder> {
 
 // ---- the holder as a detached process (holder-main.ts) ----
 
-/** What holder-main.ts reads from its JSON config file. */
-export interface HolderConfig {
+/** One FUSE file of a holder process: a device over one server's export. */
+export interface HolderDevice {
   mountpoint: string;
   socketPath: string;
   exportName?: string;
   size?: number;
-  ioTimeoutMs?: number;
   fsname?: string;
+}
+
+/**
+ * What holder-main.ts reads from its JSON config file. One holder process serves every device of a
+ * mount (each FUSE file with its own reader thread): one process to start instead of one per layer.
+ */
+export interface HolderConfig {
+  devices: HolderDevice[];
+  ioTimeoutMs?: number;
   /** Log lines are appended here (the state directory's log). */
   logFile: string;
-  /** Written (atomically) once the FUSE file is served, or with the error when starting failed. */
+  /** Written (atomically) once every FUSE file is served, or with the error when starting failed. */
   readyFile: string;
 }
 
 /** The ready file's content. */
 export type HolderReady =
-  | { ok: true; pid: number; mountpoint: string; size: number }
+  | { ok: true; pid: number; devices: { mountpoint: string; size: number }[] }
   | { ok: false; pid: number; code: string; message: string };
 
 export interface SpawnHolderOptions {
@@ -337,7 +353,9 @@ export const holderMainPath: string = fileURLToPath(new URL('./holder-main.ts', 
 
 /**
  * Starts holder-main.ts as a detached process (its own session, no inherited stdio, so it outlives the
- * command that started it) and waits until it serves the FUSE file. Resolves with its pid.
+ * command that started it) and waits until it serves every FUSE file. Resolves with its pid. The servers
+ * need not be up yet: the holder waits for them (up to the I/O timeout), so both can start side by side;
+ * aborting `signal` stops the holder and the wait.
  */
 export async function spawnHolder(
   config: HolderConfig,
@@ -347,13 +365,14 @@ export async function spawnHolder(
   throwIfAborted(signal);
   await rm(config.readyFile, { force: true });
   await writeFile(options.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
+  const what = config.devices.map((d) => d.mountpoint).join(', ');
   const child = spawn(process.execPath, [holderMainPath, options.configPath], {
     detached: true,
     stdio: 'ignore',
   });
   const pid = child.pid;
   if (pid === undefined) {
-    throw new ErofsOciError('io', `Cannot start the device holder for ${config.mountpoint}: spawn failed`);
+    throw new ErofsOciError('io', `Cannot start the device holder for ${what}: spawn failed`);
   }
   let exited: { code: number | null; signal: NodeJS.Signals | null } | null = null;
   child.once('exit', (code, exitSignal) => {
@@ -371,14 +390,14 @@ export async function spawnHolder(
     if (ready && !ready.ok) {
       throw new ErofsOciError(
         ready.code as ErofsOciError['code'],
-        `Cannot start the device holder for ${config.mountpoint}: ${ready.message}`,
+        `Cannot start the device holder for ${what}: ${ready.message}`,
       );
     }
     const status = exited as { code: number | null; signal: NodeJS.Signals | null } | null;
     if (status) {
       throw new ErofsOciError(
         'io',
-        `The device holder for ${config.mountpoint} exited (${status.signal ?? `status ${status.code}`}) before it was ready; see ${config.logFile}`,
+        `The device holder for ${what} exited (${status.signal ?? `status ${status.code}`}) before it was ready; see ${config.logFile}`,
       );
     }
     if (signal?.aborted || Date.now() > deadline) {
@@ -386,7 +405,7 @@ export async function spawnHolder(
       throwIfAborted(signal);
       throw new ErofsOciError(
         'io',
-        `The device holder for ${config.mountpoint} was not ready in time; see ${config.logFile}`,
+        `The device holder for ${what} was not ready in time; see ${config.logFile}`,
       );
     }
     await sleep(50);
