@@ -281,6 +281,27 @@ test('createBlockCache continues a streamed range where a broken attempt stopped
   assert.equal(cache.stats().bytesFetched, 40_000);
 });
 
+test('createBlockCache evicts blocks read through before blocks read in part', async () => {
+  const bytes = random(40_000);
+  const source = origin(bytes);
+  const cache = createBlockCache(source.fetch, {
+    size: bytes.byteLength,
+    blockSize: 8192,
+    readahead: false,
+    memoryBytes: 3 * 8192,
+  });
+  await cache.read(8192, 100); // block 1, its first page only (least recently used)
+  await cache.read(0, 8192); // block 0, read through
+  await cache.read(16_384, 100); // block 2, in part
+  await cache.read(24_576, 100); // block 3: one block must go
+  // LRU alone would drop block 1; block 0 goes instead, as its reader has all of it already.
+  const before = source.calls.length;
+  assert.deepEqual(await cache.read(12_288, 900), bytes.subarray(12_288, 13_188));
+  assert.equal(source.calls.length, before, 'block 1 is still in memory');
+  assert.deepEqual(await cache.read(0, 10), bytes.subarray(0, 10));
+  assert.equal(source.calls.length, before + 1, 'block 0 was evicted');
+});
+
 test('createBlockCache evicts least recently used blocks beyond the memory budget', async () => {
   const bytes = random(8192);
   const source = origin(bytes);

@@ -215,6 +215,8 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   let memoryBytes = 0;
   /** Blocks being fetched or loaded from disk. */
   const pending = new Map<number, Promise<Uint8Array>>();
+  /** Which parts of the blocks in memory reads have asked for (for eviction: see `remember`). */
+  const coverage = new ReadCoverage(grid);
   const slots = new FetchSlots(parallel);
   const lifetime = new AbortController();
   const streams = new ReadaheadStreams();
@@ -286,6 +288,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     failure = error;
     log(`${error.message}: dropping the cached bytes; every read fails from now on`);
     memory.clear();
+    coverage.clear();
     memoryBytes = 0;
     for (const waiter of wholeWaiters.values()) waiter.reject(error);
     wholeWaiters.clear();
@@ -301,10 +304,18 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     }
     memory.set(block, bytes);
     memoryBytes += bytes.byteLength;
-    for (const [victim, victimBytes] of memory) {
-      if (memoryBytes <= memoryBudget) break;
-      memory.delete(victim);
-      memoryBytes -= victimBytes.byteLength;
+    if (memoryBytes <= memoryBudget) return;
+    // Blocks every byte of which has been read go first, least recently used first: the reader (the
+    // kernel's page cache, above an NBD or FUSE device) keeps what it read, while a block read in part
+    // still holds what it will ask for next (other files that share the block). Then plain LRU.
+    for (const pass of ['read', 'any'] as const) {
+      for (const [victim, victimBytes] of memory) {
+        if (memoryBytes <= memoryBudget) return;
+        if (pass === 'read' && !coverage.isComplete(victim)) continue;
+        memory.delete(victim);
+        coverage.forget(victim);
+        memoryBytes -= victimBytes.byteLength;
+      }
     }
   }
 
@@ -720,6 +731,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     // Every block has been fetched once: nothing is answered before the digest's verdict (module comment).
     if (verifier?.awaitingVerdict) await raceAbort(verifier.settled(), readOptions.signal);
     if (failure) throw failure;
+    coverage.mark(offset, length, (block) => memory.has(block));
     // Cached blocks are never modified: a read within one block gets a view of it, not a copy.
     if (first === last) {
       const from = offset - grid.start(first);
@@ -766,6 +778,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
       for (const waiter of wholeWaiters.values()) waiter.reject(reason);
       wholeWaiters.clear();
       memory.clear();
+      coverage.clear();
       memoryBytes = 0;
       await download?.catch(() => {});
       await spill?.catch(() => {});
@@ -774,6 +787,60 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
       if (diskCache !== d) await diskCache?.close();
     },
   };
+}
+
+/**
+ * Which 4 KiB pages of each block reads have covered, to tell blocks read through (the reader keeps
+ * them in its own cache) from blocks still partly unread.
+ */
+class ReadCoverage {
+  static readonly PAGE = 4096;
+  readonly #grid: BlockGrid;
+  /** Per block: a bit per page, and how many pages are still unread. */
+  readonly #blocks = new Map<number, { bits: Uint8Array; unread: number }>();
+
+  constructor(grid: BlockGrid) {
+    this.#grid = grid;
+  }
+
+  /** Records a read; only blocks `kept` says are kept (the others have nothing to evict). */
+  mark(offset: number, length: number, kept: (block: number) => boolean): void {
+    if (length === 0) return;
+    const end = offset + length;
+    for (let block = this.#grid.blockOf(offset); block <= this.#grid.blockOf(end - 1); block++) {
+      if (!kept(block)) continue;
+      const start = this.#grid.start(block);
+      const pages = Math.ceil(this.#grid.length(block) / ReadCoverage.PAGE);
+      let entry = this.#blocks.get(block);
+      if (!entry) {
+        entry = { bits: new Uint8Array(Math.ceil(pages / 8)), unread: pages };
+        this.#blocks.set(block, entry);
+      }
+      const firstPage = Math.floor((Math.max(offset, start) - start) / ReadCoverage.PAGE);
+      const lastPage = Math.floor(
+        (Math.min(end, start + this.#grid.length(block)) - 1 - start) / ReadCoverage.PAGE,
+      );
+      for (let page = firstPage; page <= lastPage && entry.unread > 0; page++) {
+        const bit = 1 << (page & 7);
+        const byte = page >> 3;
+        if ((entry.bits[byte] as number) & bit) continue;
+        entry.bits[byte] = (entry.bits[byte] as number) | bit;
+        entry.unread--;
+      }
+    }
+  }
+
+  isComplete(block: number): boolean {
+    return this.#blocks.get(block)?.unread === 0;
+  }
+
+  forget(block: number): void {
+    this.#blocks.delete(block);
+  }
+
+  clear(): void {
+    this.#blocks.clear();
+  }
 }
 
 /** Placeholder replaced before anything awaits it. */
