@@ -250,6 +250,40 @@ describe('serve', { skip }, () => {
     assert.ok(fetched <= 128 * 1024 + (bytes.byteLength - metaStart), `fetched ${fetched} bytes`);
   });
 
+  it('with --blob-size and --media-type serves the blob without fetching the manifest', async () => {
+    const proxy = await startFaultProxy(registry.url);
+    const socket = join(dir.path, 'known.sock');
+    const digest = `sha256:${sha256(erofsBytes)}`;
+    const server = await startServe(
+      [
+        '--insecure',
+        '--blob',
+        digest,
+        '--blob-size',
+        String(erofsBytes.byteLength),
+        '--media-type',
+        'application/vnd.erofs.layer.v1',
+        `${proxy.host}/test/lazy:v1`,
+      ],
+      socket,
+    );
+    try {
+      const copied = await copyExport(socket, join(dir.path, 'known.erofs'));
+      assert.equal(sha256(copied), sha256(erofsBytes));
+    } finally {
+      assert.equal(await stop(server), 0);
+      await proxy.stop();
+    }
+    assert.deepEqual(
+      proxy.requests.filter((r) => !r.path.includes('/blobs/')).map((r) => r.path),
+      [],
+      'only blob requests',
+    );
+    const half = await runCli(['serve', '--blob', digest, '--blob-size', '10', ref(), '--listen', 'unix:/x']);
+    assert.equal(half.status, 2);
+    assert.match(half.stderr, /--blob-size and --media-type go together/);
+  });
+
   it('exports the hybrid device [index][uncompressed tar] of a gzip layer', async () => {
     const meta = join(dir.path, 'layer.meta');
     const zinfo = join(dir.path, 'layer.zinfo');

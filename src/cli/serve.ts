@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { ErofsOciError } from '../errors.ts';
 import { serveNbd } from '../nbd/server.ts';
+import { isDigest, type LayerDescriptor, layerFormat } from '../oci/index.ts';
 import { openLayerDevice } from './device.ts';
 import type { CommandIo } from './io.ts';
 import {
@@ -25,6 +26,10 @@ Options:
   --tarindex META     export [META][uncompressed layer tar]: META is the layer's index-mode image
                       (erofs-oci build --mode index); the tar part is read from the remote blob
   --zinfo FILE        the layer's gzip index (needed with --tarindex for gzip layers)
+  --blob-size N, --media-type TYPE
+                      with --blob: the layer's size and media type, when already known (mount passes
+                      them): the manifest is then not fetched (one request less, and registries that
+                      count manifest requests as pulls count none); the blob's digest is still verified
   --export-name NAME  NBD export name (default: empty)
   --cache-dir DIR     keep fetched blocks on disk (reused on restart)
   --cache-mib N       memory cache budget (default 64)
@@ -55,6 +60,24 @@ function positiveNumber(name: string, value: string | undefined): number | undef
   return n;
 }
 
+/** The layer `--blob`, `--blob-size` and `--media-type` describe, or undefined without the latter two. */
+function knownLayer(values: {
+  blob?: string | undefined;
+  'blob-size'?: string | undefined;
+  'media-type'?: string | undefined;
+}): LayerDescriptor | undefined {
+  const size = values['blob-size'];
+  const mediaType = values['media-type'];
+  if (size === undefined && mediaType === undefined) return undefined;
+  if (values.blob === undefined || size === undefined || mediaType === undefined) {
+    throw new ErofsOciError('usage', '--blob-size and --media-type go together, with --blob DIGEST');
+  }
+  if (!isDigest(values.blob)) throw new ErofsOciError('usage', `--blob is not a digest: ${values.blob}`);
+  if (!/^\d+$/.test(size) || !Number.isSafeInteger(Number(size)))
+    throw new ErofsOciError('usage', `--blob-size is not a byte count: ${size}`);
+  return { digest: values.blob, size: Number(size), mediaType, format: layerFormat(mediaType) };
+}
+
 export async function serveCommand(args: string[], io: CommandIo): Promise<number> {
   const { values, positionals } = parseArgs({
     args: joinNegativeLayer(args),
@@ -64,6 +87,8 @@ export async function serveCommand(args: string[], io: CommandIo): Promise<numbe
       tarindex: { type: 'string' },
       zinfo: { type: 'string' },
       'export-name': { type: 'string' },
+      'blob-size': { type: 'string' },
+      'media-type': { type: 'string' },
       'cache-dir': { type: 'string' },
       'cache-mib': { type: 'string' },
       'fetch-kib': { type: 'string' },
@@ -84,16 +109,20 @@ export async function serveCommand(args: string[], io: CommandIo): Promise<numbe
   const cacheMib = positiveNumber('cache-mib', values['cache-mib']);
   const fetchKib = positiveNumber('fetch-kib', values['fetch-kib']);
   const log = (line: string) => io.stderr.write(`${new Date().toISOString()} ${line}\n`);
+  const known = knownLayer(values);
   const image = await openImageFromOptions(positionals[0] as string, values, io);
   try {
-    const all = await image.layers({ signal: io.signal });
-    if (values.layer === undefined && values.blob === undefined && all.length !== 1) {
-      throw new ErofsOciError(
-        'usage',
-        `${image.name} has ${all.length} layers: choose one with --layer N or --blob DIGEST`,
-      );
+    let layer = known;
+    if (layer === undefined) {
+      const all = await image.layers({ signal: io.signal });
+      if (values.layer === undefined && values.blob === undefined && all.length !== 1) {
+        throw new ErofsOciError(
+          'usage',
+          `${image.name} has ${all.length} layers: choose one with --layer N or --blob DIGEST`,
+        );
+      }
+      [layer] = selectLayers(all, values);
     }
-    const [layer] = selectLayers(all, values);
     if (!layer) throw new ErofsOciError('not-found', 'no layer selected');
     const device = await openLayerDevice(image, layer, {
       ...(values.tarindex === undefined ? {} : { tarIndex: values.tarindex }),

@@ -135,7 +135,20 @@ export async function startServer(
   },
 ): Promise<number> {
   await rm(layer.socket, { force: true });
-  const args = ['serve', record.pinnedSource, '--blob', layer.digest, '--listen', `unix:${layer.socket}`];
+  // The record knows the layer's descriptor from the manifest the mount resolved: the server need not
+  // fetch the manifest again (registries that count manifest requests as pulls count none per layer).
+  const args = [
+    'serve',
+    record.pinnedSource,
+    '--blob',
+    layer.digest,
+    '--blob-size',
+    String(layer.size),
+    '--media-type',
+    layer.mediaType,
+    '--listen',
+    `unix:${layer.socket}`,
+  ];
   // One cache per layer: an image may hold the same blob twice (empty layers), and a cache entry has one owner.
   args.push('--cache-dir', join(options.dir, `cache-${layer.index}`));
   if (layer.tarIndex) args.push('--tarindex', layer.tarIndex);

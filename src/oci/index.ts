@@ -1,7 +1,7 @@
 /** Public API of the OCI layer: image sources (registry and local layouts) and their building blocks. */
 export type { AuthOptions, Credential } from './credentials.ts';
 export { lookupCredentials } from './credentials.ts';
-export { digestOf, parseDigest } from './digest.ts';
+export { digestOf, isDigest, parseDigest } from './digest.ts';
 export type {
   Descriptor,
   Image,
