@@ -363,6 +363,42 @@ describe('device holder (integration)', { skip, timeout: 600_000 }, () => {
     assert.match(await readFile(join(dir.path, 'holder.log'), 'utf8'), /dev-a: Connected to NBD server/);
   });
 
+  test('a holder that cannot serve one of its devices stops the others and reports why', async (t) => {
+    assert.ok(shared);
+    const dir = await tmpdir('erofs-oci-holder-partial-');
+    const good = join(dir.path, 'dev-good');
+    const server = await startNbdkit(join(dir.path, 'good.sock'), ['file', shared.image]);
+    t.after(async () => {
+      await forceUnmount(good);
+      await server.kill('SIGKILL');
+      await dir.cleanup();
+    });
+    await writeFile(good, '');
+    await assert.rejects(
+      spawnHolder(
+        {
+          devices: [
+            { mountpoint: good, socketPath: join(dir.path, 'good.sock') },
+            // No such file to mount the FUSE file on.
+            { mountpoint: join(dir.path, 'missing', 'dev'), socketPath: join(dir.path, 'good.sock') },
+          ],
+          ioTimeoutMs: 5000,
+          logFile: join(dir.path, 'holder.log'),
+          readyFile: join(dir.path, 'holder.ready'),
+        },
+        { configPath: join(dir.path, 'holder.json'), readyTimeoutMs: 30_000 },
+      ),
+      (error: unknown) => isErofsOciError(error) && /Cannot start the device holder/.test(error.message),
+    );
+    const ready = JSON.parse(await readFile(join(dir.path, 'holder.ready'), 'utf8')) as HolderReady;
+    assert.equal(ready.ok, false);
+    for (let i = 0; i < 100 && isAlive(ready.pid); i++) await sleep(50);
+    assert.ok(!isAlive(ready.pid), 'the holder exits');
+    const log = await readFile(join(dir.path, 'holder.log'), 'utf8');
+    assert.match(log, /dev-good: Serving /, 'the good device was served');
+    assert.ok(!isMounted(good), 'the device it could serve is unmounted again');
+  });
+
   test('the holder fails reads with EIO once no server has come back within the I/O timeout', async (t) => {
     assert.ok(shared);
     const deployment = await deploy(t, 1500);
