@@ -9,11 +9,16 @@ import type { CommandIo } from './io.ts';
 
 type Handler = (args: string[], io: CommandIo) => Promise<number>;
 
-const commands: Record<string, { summary: string; load: () => Promise<Handler> }> = {
+const commands: Record<string, { summary: string; load: () => Promise<Handler>; internal?: boolean }> = {
   build: { summary: 'write an EROFS image from layers or a directory', load: async () => buildCommand },
   serve: {
     summary: 'export one layer as a lazily read NBD device',
     load: async () => (await import('./serve.ts')).serveCommand,
+  },
+  'serve-layers': {
+    summary: 'the serving process of a lazy mount (started by mount and reattach)',
+    load: async () => (await import('./serve.ts')).serveLayersCommand,
+    internal: true,
   },
   zinfo: {
     summary: 'build a random-access index (zinfo) of a gzip stream',
@@ -47,6 +52,7 @@ Turns OCI container images into EROFS filesystems.
 
 Commands:
 ${Object.entries(commands)
+  .filter(([, c]) => !c.internal)
   .map(([name, c]) => `  ${name.padEnd(10)}${c.summary}`)
   .join('\n')}
 

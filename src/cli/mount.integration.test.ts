@@ -11,7 +11,15 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { isRoot, runCli, type Snapshot, snapshot, type TmpDir, tmpdir } from '../../test-support/kernel.ts';
+import {
+  check,
+  isRoot,
+  runCli,
+  type Snapshot,
+  snapshot,
+  type TmpDir,
+  tmpdir,
+} from '../../test-support/kernel.ts';
 import { assertSameTree, buildExpected } from '../../test-support/oracle.ts';
 import {
   type RegistryHandle,
@@ -180,8 +188,8 @@ describe('mount', { skip }, () => {
       const [listed] = await listJson(env);
       assert.equal(listed?.mountpoint, mnt);
       assert.equal(listed?.health, 'serving');
-      assert.equal(listed?.pids.length, 3);
-      // One device holder serves the three layers' FUSE files.
+      // One serving process and one device holder serve the three layers.
+      assert.equal(listed?.pids.length, 1);
       assert.equal(listed?.devicePids.length, 1);
     } finally {
       await umount(mnt);
@@ -323,6 +331,45 @@ describe('mount', { skip }, () => {
       assert.ok(Number(out.trim()) >= 1, `the reader completed ${out.trim()} correct passes`);
     } finally {
       await umount(mnt);
+    }
+  });
+
+  it('--username with --password-stdin: mount, and reattach asks for the password again', async () => {
+    const basic = await startRegistry({
+      storageDir: join(dir.path, 'storage'),
+      auth: { kind: 'htpasswd', users: { bob: 'pa55-W0rd-bob' } },
+    });
+    const mnt = await newMountpoint('basic');
+    try {
+      const login = ['--insecure', '--username', 'bob', '--password-stdin'];
+      const source = `${basic.host}/test/native:v1`;
+      const mounted = await runCli(['mount', ...login, '--layer', '1', source, mnt], {
+        env,
+        stdin: 'pa55-W0rd-bob\n',
+      });
+      assert.equal(mounted.status, 0, mounted.stderr);
+      try {
+        assert.equal(await readFile(join(mnt, 'b.txt'), 'utf8'), 'b\n');
+        const [listed] = await listJson(env);
+        process.kill(listed?.pids[0] as number, 'SIGKILL');
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        const bare = await runCli(['reattach', mnt], { env });
+        assert.equal(bare.status, 4, bare.stderr); // SPEC §4: authentication
+        assert.match(bare.stderr, /give the password again/);
+        const again = await runCli(['reattach', '--username', 'bob', '--password-stdin', mnt], {
+          env,
+          stdin: 'pa55-W0rd-bob\n',
+        });
+        assert.equal(again.status, 0, again.stderr);
+        await check('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+        assert.equal(await readFile(join(mnt, 'b.txt'), 'utf8'), 'b\n');
+        const secret = Buffer.from('bob:pa55-W0rd-bob').toString('base64');
+        assert.deepEqual(await grep(join(dir.path, 'state'), ['pa55-W0rd-bob', secret]), []);
+      } finally {
+        await umount(mnt);
+      }
+    } finally {
+      await basic.stop();
     }
   });
 

@@ -230,7 +230,8 @@ export async function listCommand(args: string[], io: CommandIo): Promise<number
     pinnedSource: r.pinnedSource,
     backend: r.backend,
     health: healthOf(r, root),
-    pids: r.layers.map((l) => l.serverPid),
+    // One serving process serves every layer of a mount (restarted as one by reattach): listed once.
+    pids: [...new Set(r.layers.map((l) => l.serverPid))],
     // One holder process serves every FUSE device of a mount: its pid is listed once.
     devicePids: [...new Set(r.layers.map((l) => l.devicePid).filter((p) => p > 0))],
     layers: r.layers.map((l) => ({

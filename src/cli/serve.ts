@@ -1,13 +1,16 @@
 /** `erofs-oci serve [options] SOURCE --listen unix:PATH|tcp:HOST:PORT` */
+import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { ErofsOciError } from '../errors.ts';
-import { serveNbd } from '../nbd/server.ts';
-import { isDigest, type LayerDescriptor, layerFormat } from '../oci/index.ts';
-import { openLayerDevice } from './device.ts';
+import type { LayerServerConfig } from '../mount/state.ts';
+import { type NbdServer, serveNbd } from '../nbd/server.ts';
+import { type ImageSource, isDigest, type LayerDescriptor, layerFormat } from '../oci/index.ts';
+import { type DeviceOptions, type LayerDevice, openLayerDevice } from './device.ts';
 import type { CommandIo } from './io.ts';
 import {
   joinNegativeLayer,
   openImageFromOptions,
+  type RegistryValues,
   registryHelp,
   registryOptions,
   selectLayers,
@@ -124,37 +127,135 @@ export async function serveCommand(args: string[], io: CommandIo): Promise<numbe
       [layer] = selectLayers(all, values);
     }
     if (!layer) throw new ErofsOciError('not-found', 'no layer selected');
-    const device = await openLayerDevice(image, layer, {
-      ...(values.tarindex === undefined ? {} : { tarIndex: values.tarindex }),
-      ...(values.zinfo === undefined ? {} : { zinfo: values.zinfo }),
-      ...(values['cache-dir'] === undefined ? {} : { cacheDir: values['cache-dir'] }),
-      ...(cacheMib === undefined ? {} : { cacheBytes: Math.floor(cacheMib * 2 ** 20) }),
-      ...(fetchKib === undefined ? {} : { fetchBlockSize: Math.floor(fetchKib * 1024) }),
+    await serveLayers(
+      image,
+      [
+        {
+          layer,
+          listen,
+          exportName: values['export-name'] ?? '',
+          device: {
+            ...(values.tarindex === undefined ? {} : { tarIndex: values.tarindex }),
+            ...(values.zinfo === undefined ? {} : { zinfo: values.zinfo }),
+            ...(values['cache-dir'] === undefined ? {} : { cacheDir: values['cache-dir'] }),
+            ...(cacheMib === undefined ? {} : { cacheBytes: Math.floor(cacheMib * 2 ** 20) }),
+            ...(fetchKib === undefined ? {} : { fetchBlockSize: Math.floor(fetchKib * 1024) }),
+          },
+        },
+      ],
+      io,
       log,
-      signal: io.signal,
-    });
-    try {
+    );
+  } finally {
+    await image.close();
+  }
+  return 0;
+}
+
+interface ServedLayer {
+  layer: LayerDescriptor;
+  listen: ReturnType<typeof parseListen>;
+  exportName: string;
+  device: Omit<DeviceOptions, 'log' | 'signal'>;
+}
+
+/**
+ * Serves each layer's device on its own listener until SIGINT/SIGTERM (the CLI turns them into an abort),
+ * then finishes in-flight replies. Every device is opened before any listener starts, so a client never
+ * finds some layers served and the process then failing on another.
+ */
+async function serveLayers(
+  image: ImageSource,
+  layers: ServedLayer[],
+  io: CommandIo,
+  log: (line: string) => void,
+): Promise<void> {
+  const devices: LayerDevice[] = [];
+  const servers: NbdServer[] = [];
+  try {
+    const opened = await Promise.allSettled(
+      layers.map((entry) => openLayerDevice(image, entry.layer, { ...entry.device, log, signal: io.signal })),
+    );
+    for (const result of opened) if (result.status === 'fulfilled') devices.push(result.value);
+    const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    for (const [i, entry] of layers.entries()) {
+      const device = devices[i] as LayerDevice;
       const server = await serveNbd(device.source, {
-        listen,
-        exportName: values['export-name'] ?? '',
+        listen: entry.listen,
+        exportName: entry.exportName,
         description: `${image.name} ${device.description}`,
         log,
       });
+      servers.push(server);
       log(`serving ${device.description} (${device.source.size} bytes) of ${image.name} on ${server.uri}`);
-      // Runs until SIGINT/SIGTERM (the CLI turns them into an abort), then finishes in-flight replies.
-      await new Promise<void>((resolve) => {
-        if (io.signal.aborted) resolve();
-        io.signal.addEventListener('abort', () => resolve(), { once: true });
-      });
-      log('stopping: finishing in-flight requests');
-      await server.close();
+    }
+    await new Promise<void>((resolve) => {
+      if (io.signal.aborted) resolve();
+      io.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+    log('stopping: finishing in-flight requests');
+  } finally {
+    await Promise.allSettled(servers.map((server) => server.close()));
+    for (const device of devices) {
       const stats = device.blobCache.stats();
       log(
-        `stopped; fetched ${stats.bytesFetched} bytes in ${stats.fetches} requests, ${stats.hits} cache hits, digest ${stats.verification}`,
+        `stopped ${device.description}; fetched ${stats.bytesFetched} bytes in ${stats.fetches} requests, ${stats.hits} cache hits, digest ${stats.verification}`,
       );
-    } finally {
-      await device.close();
     }
+    await Promise.allSettled(devices.map((device) => device.close()));
+  }
+}
+
+/**
+ * `erofs-oci serve-layers CONFIG.json` (internal: started by `mount` and `reattach`, not listed in the
+ * help): the serving process of one lazy mount, serving every layer of the config (src/mount/state.ts
+ * `LayerServerConfig`) on its own unix socket, with one registry client for all. A password, when the
+ * mount used `--username`, comes on stdin.
+ */
+export async function serveLayersCommand(args: string[], io: CommandIo): Promise<number> {
+  if (args.length !== 1 || args[0]?.startsWith('-'))
+    throw new ErofsOciError('usage', 'serve-layers takes one CONFIG.json (it is started by mount)');
+  const path = args[0] as string;
+  let config: LayerServerConfig;
+  try {
+    config = JSON.parse(await readFile(path, 'utf8')) as LayerServerConfig;
+  } catch (error) {
+    throw new ErofsOciError('usage', `Cannot read the server config ${path}: ${(error as Error).message}`);
+  }
+  if (typeof config?.source !== 'string' || !Array.isArray(config.layers) || config.layers.length === 0)
+    throw new ErofsOciError('usage', `Cannot use the server config ${path}: no source or no layers`);
+  const r = config.registry ?? {};
+  const values: RegistryValues = {
+    ...(r.authfile === undefined ? {} : { authfile: r.authfile }),
+    ...(r.username === undefined ? {} : { username: r.username, 'password-stdin': true }),
+    ...(r.insecure === undefined ? {} : { insecure: r.insecure }),
+    ...(r.caFile === undefined ? {} : { 'ca-file': r.caFile }),
+    ...(r.timeout === undefined ? {} : { timeout: r.timeout }),
+  };
+  const log = (line: string) => io.stderr.write(`${new Date().toISOString()} ${line}\n`);
+  const image = await openImageFromOptions(config.source, values, io);
+  try {
+    await serveLayers(
+      image,
+      config.layers.map((layer) => ({
+        layer: {
+          digest: layer.digest,
+          size: layer.size,
+          mediaType: layer.mediaType,
+          format: layerFormat(layer.mediaType),
+        },
+        listen: { kind: 'unix', path: layer.socket },
+        exportName: '',
+        device: {
+          cacheDir: layer.cacheDir,
+          ...(layer.tarIndex === undefined ? {} : { tarIndex: layer.tarIndex }),
+          ...(layer.zinfo === undefined ? {} : { zinfo: layer.zinfo }),
+        },
+      })),
+      io,
+      log,
+    );
   } finally {
     await image.close();
   }

@@ -43,6 +43,26 @@ export interface RegistrySettings {
   timeout?: string;
 }
 
+/**
+ * What the serving process of a mount (`erofs-oci serve-layers CONFIG.json`, one per mount) serves: each
+ * layer's blob on its own unix socket. Written 0600 beside the record; holds no secret (a password comes
+ * on the process's stdin).
+ */
+export interface LayerServerConfig {
+  /** The image, pinned to its manifest digest. */
+  source: string;
+  registry: RegistrySettings;
+  layers: {
+    digest: string;
+    size: number;
+    mediaType: string;
+    socket: string;
+    cacheDir: string;
+    tarIndex?: string;
+    zinfo?: string;
+  }[];
+}
+
 export interface MountRecord {
   version: number;
   mountpoint: string;
