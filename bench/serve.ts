@@ -141,7 +141,7 @@ export async function benchServe(ctx: SuiteContext): Promise<void> {
           proxy,
           blobUrl: `${proxy.url}/v2/${REPOSITORY}/blobs/${erofsBlob.digest}`,
           ref: `${proxy.host}/${REPOSITORY}:${TAG}`,
-          // As `mount` runs its servers: the layer's descriptor given, so no manifest request (with
+          // As a mount's serving process works: the layer's descriptor given, so no manifest request (with
           // `--layer 0` there is one more request, the manifest).
           select: [
             '--blob',

@@ -30,9 +30,10 @@ Options:
                       (erofs-oci build --mode index); the tar part is read from the remote blob
   --zinfo FILE        the layer's gzip index (needed with --tarindex for gzip layers)
   --blob-size N, --media-type TYPE
-                      with --blob: the layer's size and media type, when already known (mount passes
-                      them): the manifest is then not fetched (one request less, and registries that
-                      count manifest requests as pulls count none); the blob's digest is still verified
+                      with --blob: the layer's size and media type, when already known (from a
+                      manifest resolved before, as mount's serving process has them): the manifest is
+                      then not fetched (one request less, and registries that count manifest requests
+                      as pulls count none); the blob's digest is still verified
   --export-name NAME  NBD export name (default: empty)
   --cache-dir DIR     keep fetched blocks on disk (reused on restart)
   --cache-mib N       memory cache budget (default 64)
