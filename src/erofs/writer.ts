@@ -583,7 +583,12 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
     position += recordSize;
   }
   const metaBlkaddr = options.metaStart;
-  const metaBlocks = Math.max(1, Math.ceil(position / bs));
+  // erofs-utils 1.5's fsck (Debian 12's fsck.erofs) reads the 12 bytes after every inode without xattrs
+  // as an xattr header (fsck/main.c erofs_verify_xattr), so an inode ending exactly at the end of the image
+  // fails there as "failed to read xattr header". The kernel and later fsck versions do not read them; a
+  // metadata area that ends the image exactly at a block boundary still gets a spare block.
+  const spare = nextLateBlock === 0 && position % bs === 0 ? 1 : 0;
+  const metaBlocks = Math.max(1, Math.ceil(position / bs) + spare);
   const lateStart = metaBlkaddr + metaBlocks;
   for (const record of lateData) {
     record.startBlock += lateStart;
