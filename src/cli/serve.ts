@@ -208,6 +208,17 @@ async function serveLayers(
   }
 }
 
+const MiB = 2 ** 20;
+
+/**
+ * Memory cache of each layer of a mount's serving process: 64 MiB (serve's default) while the mount has
+ * up to four layers, then a share of 256 MiB, at least 16 MiB, so that a many-layer image does not hold
+ * 64 MiB per layer (every layer also has its disk cache, so what leaves memory is not fetched again).
+ */
+export function layerMemoryBudget(layers: number): number {
+  return Math.max(16 * MiB, Math.min(64 * MiB, Math.floor((256 * MiB) / Math.max(1, layers))));
+}
+
 /**
  * `erofs-oci serve-layers CONFIG.json` (internal: started by `mount` and `reattach`, not listed in the
  * help): the serving process of one lazy mount, serving every layer of the config (src/mount/state.ts
@@ -250,6 +261,7 @@ export async function serveLayersCommand(args: string[], io: CommandIo): Promise
         exportName: '',
         device: {
           cacheDir: layer.cacheDir,
+          cacheBytes: layerMemoryBudget(config.layers.length),
           ...(layer.tarIndex === undefined ? {} : { tarIndex: layer.tarIndex }),
           ...(layer.zinfo === undefined ? {} : { zinfo: layer.zinfo }),
         },
