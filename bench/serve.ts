@@ -30,7 +30,7 @@
  * bin/erofs-oci.js as the server (A/B comparisons of a change).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, rmdir } from 'node:fs/promises';
 import {
@@ -348,6 +348,18 @@ async function benchThroughput(
       m === ours && m.log ? m.log.replace(/^\S+ /, '') : m === curl ? '' : 'server RSS',
     ]);
   }
+  // What Node alone needs for the fetching half of serve's work (no NBD, no cache): the floor of any
+  // design that moves the blob through Node's HTTP client and verifies its digest.
+  const floor: { seconds: number; cpuSeconds: number }[] = [];
+  for (let round = 1; round <= setup.runs; round++) floor.push(await nodeFloor(setup.blobUrl, setup.size));
+  const floorBest = floor.reduce((a, b) => (b.seconds < a.seconds ? b : a));
+  ctx.addRow([
+    'throughput floor: Node (undici) 16 MiB ranges ×4, copied into 1 MiB blocks, SHA-256, no NBD',
+    floorBest.seconds.toFixed(2),
+    mbps(floorBest.seconds).toFixed(0),
+    '',
+    `${floorBest.cpuSeconds.toFixed(2)} CPU-s of the bench process; curl/floor ${(curl.seconds / floorBest.seconds).toFixed(2)}×`,
+  ]);
   ctx.addRow([
     `throughput ratios, best of ${setup.runs}`,
     '',
@@ -372,7 +384,70 @@ async function benchThroughput(
     ratios,
     targets,
     met: { oursVsNbdkit: ratios.oursVsNbdkit >= 3, oursVsCurl: ratios.oursVsCurl >= 0.3 },
+    nodeFloor: { best: floorBest, all: floor },
   };
+}
+
+/**
+ * The blob through undici as `serve` fetches it at best: 16 MiB ranges, four at a time, each copied into
+ * 1 MiB blocks and hashed in order with SHA-256 (the digest check), and nothing else.
+ */
+async function nodeFloor(url: string, size: number): Promise<{ seconds: number; cpuSeconds: number }> {
+  const { Agent, request } = await import('undici');
+  const dispatcher = new Agent({ connections: 4 });
+  const range = 16 * 2 ** 20;
+  const block = 2 ** 20;
+  const cpu = () => {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1e6;
+  };
+  const started = performance.now();
+  const cpuStarted = cpu();
+  const hash = createHash('sha256');
+  const done = new Map<number, Uint8Array[]>();
+  let next = 0;
+  let taken = 0;
+  const count = Math.ceil(size / range);
+  try {
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        while (taken < count) {
+          const index = taken++;
+          const from = index * range;
+          const to = Math.min(size, from + range);
+          const response = await request(url, { dispatcher, headers: { range: `bytes=${from}-${to - 1}` } });
+          if (response.statusCode !== 206) throw new Error(`node floor: HTTP ${response.statusCode}`);
+          const blocks: Uint8Array[] = [];
+          let current = new Uint8Array(Math.min(block, to - from));
+          let filled = 0;
+          for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
+            for (let at = 0; at < chunk.byteLength; ) {
+              const n = Math.min(current.byteLength - filled, chunk.byteLength - at);
+              current.set(chunk.subarray(at, at + n), filled);
+              filled += n;
+              at += n;
+              if (filled === current.byteLength) {
+                blocks.push(current);
+                const left = to - from - blocks.length * block;
+                if (left > 0) current = new Uint8Array(Math.min(block, left));
+                filled = 0;
+              }
+            }
+          }
+          done.set(index, blocks);
+          while (done.has(next)) {
+            for (const b of done.get(next) as Uint8Array[]) hash.update(b);
+            done.delete(next);
+            next++;
+          }
+        }
+      }),
+    );
+  } finally {
+    await dispatcher.close();
+  }
+  hash.digest();
+  return { seconds: (performance.now() - started) / 1000, cpuSeconds: cpu() - cpuStarted };
 }
 
 // ---------------------------------------------------------------------------------------------------------
