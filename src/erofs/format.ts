@@ -15,6 +15,11 @@ export const FEATURE_COMPAT_MTIME = 0x2;
 
 export const FEATURE_INCOMPAT_CHUNKED_FILE = 0x4;
 export const FEATURE_INCOMPAT_DEVICE_TABLE = 0x8;
+/** `EROFS_FEATURE_INCOMPAT_48BIT`: 48-bit block addresses (root nid in `rootnid_8b`, `blocks_hi`). */
+export const FEATURE_INCOMPAT_48BIT = 0x80;
+/** `EROFS_FEATURE_INCOMPAT_METABOX`: metadata inside a (compressed) inode. */
+export const FEATURE_INCOMPAT_METABOX = 0x100;
+export const ALL_FEATURE_INCOMPAT = (FEATURE_INCOMPAT_METABOX << 1) - 1;
 
 /** `struct erofs_super_block`: 128 bytes (sb_extslots = 0). */
 export const superBlock = defineStruct(
@@ -81,6 +86,10 @@ export const I_DATALAYOUT_BIT = 1;
 export const I_DATALAYOUT_MASK = 0x7;
 /** Non-directory compact inodes: nlink is 1 and `i_nb` holds startblk_hi/blocks_hi instead. */
 export const I_NLINK_1_BIT = 4;
+/** `EROFS_I_DOT_OMITTED_BIT` (directories): the `.` dirent may be missing. Same bit as NLINK_1. */
+export const I_DOT_OMITTED_BIT = 4;
+/** `EROFS_I_ALL`: the defined bits of `i_format`. */
+export const I_FORMAT_ALL = (1 << (I_NLINK_1_BIT + 1)) - 1;
 
 /** `struct erofs_inode_compact` (32 bytes). */
 export const inodeCompact = defineStruct(
@@ -128,6 +137,12 @@ export const INODE_SLOT_SIZE = 32;
 /** `struct erofs_inode_chunk_info`, the `i_u` of chunk-based inodes, as one u32: format | reserved << 16. */
 export const CHUNK_FORMAT_BLKBITS_MASK = 0x1f;
 export const CHUNK_FORMAT_INDEXES = 0x20;
+/** `EROFS_CHUNK_FORMAT_48BIT` and `EROFS_CHUNK_FORMAT_ALL`. */
+export const CHUNK_FORMAT_48BIT = 0x40;
+export const CHUNK_FORMAT_ALL = (CHUNK_FORMAT_48BIT << 1) - 1;
+
+/** One entry of the 4-byte block map of chunk-based inodes without CHUNK_FORMAT_INDEXES. */
+export const blockMapEntry = defineStruct('erofs_block_map_entry', [{ name: 'startblk', type: 'u32' }], 4);
 
 /** `struct erofs_inode_chunk_index` (8 bytes). */
 export const chunkIndex = defineStruct(
@@ -166,6 +181,12 @@ export const xattrEntry = defineStruct(
 );
 
 /** Short xattr name prefixes (`EROFS_XATTR_INDEX_*`). Index 0 means the whole name is stored. */
+/** A shared xattr id in the inline xattr body (`h_shared_xattrs[]`): units of 4 bytes from xattr_blkaddr. */
+export const sharedXattrId = defineStruct('erofs_xattr_shared_id', [{ name: 'id', type: 'u32' }], 4);
+
+/** `EROFS_XATTR_LONG_PREFIX`: bit 7 of `e_name_index` selects a long prefix from the packed inode. */
+export const XATTR_LONG_PREFIX = 0x80;
+
 export const XATTR_PREFIXES: readonly { index: number; prefix: string }[] = [
   { index: 1, prefix: 'user.' },
   { index: 2, prefix: 'system.posix_acl_access' },

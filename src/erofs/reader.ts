@@ -15,8 +15,12 @@ import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type ByteString, displayName, type Timestamp, toByteString } from '../fs-tree/tree.ts';
 import type { ByteSource, ReadOptions } from '../io/byte-source.ts';
 import { crc32c } from '../io/crc32c.ts';
-import { defineStruct, type FieldSpec, type Struct, type StructValue } from '../io/struct.ts';
+import type { FieldSpec, Struct, StructValue } from '../io/struct.ts';
 import {
+  ALL_FEATURE_INCOMPAT,
+  blockMapEntry,
+  CHUNK_FORMAT_48BIT,
+  CHUNK_FORMAT_ALL,
   CHUNK_FORMAT_BLKBITS_MASK,
   CHUNK_FORMAT_INDEXES,
   chunkIndex,
@@ -28,10 +32,14 @@ import {
   EROFS_SUPER_MAGIC_V1,
   EROFS_SUPER_OFFSET,
   FEATURE_COMPAT_SB_CHKSUM,
+  FEATURE_INCOMPAT_48BIT,
   FEATURE_INCOMPAT_DEVICE_TABLE,
+  FEATURE_INCOMPAT_METABOX,
   FileType,
   I_DATALAYOUT_BIT,
   I_DATALAYOUT_MASK,
+  I_DOT_OMITTED_BIT,
+  I_FORMAT_ALL,
   I_NLINK_1_BIT,
   I_VERSION_EXTENDED,
   INODE_SLOT_SIZE,
@@ -46,34 +54,16 @@ import {
   S_IFMT,
   S_IFREG,
   S_IFSOCK,
+  sharedXattrId,
   superBlock,
+  XATTR_LONG_PREFIX,
   XATTR_PREFIXES,
   xattrEntry,
   xattrIbodyHeader,
 } from './format.ts';
 
-// Format facts the shared format module does not (yet) declare; all from include/erofs_fs.h.
-/** `EROFS_FEATURE_INCOMPAT_48BIT`: 48-bit block addresses (root nid in `rootnid_8b`, `blocks_hi`). */
-const FEATURE_INCOMPAT_48BIT = 0x80;
-/** `EROFS_FEATURE_INCOMPAT_METABOX`: metadata inside a (compressed) inode; not supported here. */
-const FEATURE_INCOMPAT_METABOX = 0x100;
-const ALL_FEATURE_INCOMPAT = (FEATURE_INCOMPAT_METABOX << 1) - 1;
-/** `EROFS_I_ALL`: the defined bits of `i_format`. */
-const I_FORMAT_ALL = (1 << (I_NLINK_1_BIT + 1)) - 1;
-/** `EROFS_I_DOT_OMITTED_BIT` (directories): the `.` dirent may be missing. Same bit as NLINK_1. */
-const I_DOT_OMITTED_BIT = 4;
-/** `EROFS_CHUNK_FORMAT_48BIT` and `EROFS_CHUNK_FORMAT_ALL`. */
-const CHUNK_FORMAT_48BIT = 0x40;
-const CHUNK_FORMAT_ALL = (CHUNK_FORMAT_48BIT << 1) - 1;
-/** `EROFS_XATTR_LONG_PREFIX`: bit 7 of `e_name_index` selects a long prefix from the packed inode. */
-const XATTR_LONG_PREFIX = 0x80;
 /** Longest symlink target we accept (Linux PATH_MAX). */
 const SYMLINK_MAX = 4096;
-
-/** A shared xattr id in the inline xattr body (`h_shared_xattrs[]`): units of 4 bytes from xattr_blkaddr. */
-const sharedXattrId = defineStruct('erofs_xattr_shared_id', [{ name: 'id', type: 'u32' }], 4);
-/** One entry of the 4-byte block map of chunk-based inodes without CHUNK_FORMAT_INDEXES. */
-const blockMapEntry = defineStruct('erofs_block_map_entry', [{ name: 'startblk', type: 'u32' }], 4);
 
 const FEATURE_NAMES: { compat: boolean; bit: number; name: string }[] = [
   { compat: true, bit: 0x1, name: 'sb_csum' },
