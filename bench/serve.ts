@@ -44,7 +44,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startRegistry } from '../test-support/registry.ts';
-import { blobOf, type FixtureImage, writeLayout } from '../test-support/registry-fixtures.ts';
+import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
 
 export interface SuiteContext {
   /** The checkout. */
@@ -93,7 +93,7 @@ export async function benchServe(ctx: SuiteContext): Promise<void> {
 
     progress(`pushing a ${blobMiB} MiB blob and the ${mib(erofsLayer.bytes.byteLength)} MiB EROFS layer`);
     const randomBlob = blobOf('application/vnd.oci.image.layer.v1.tar+gzip', randomBytes(blobMiB << 20));
-    const image = imageOf([blobOf('application/vnd.erofs.layer.v1', erofsLayer.bytes), randomBlob]);
+    const image = imageOfBlobs([blobOf('application/vnd.erofs.layer.v1', erofsLayer.bytes), randomBlob]);
     const erofsBlob = image.layers[0]!;
     await writeLayout(join(work, 'layout'), TAG, [image], false);
     const storageDir = join(work, 'storage');
@@ -246,33 +246,6 @@ async function erofsLayerInput(ctx: SuiteContext): Promise<{ bytes: Buffer; tree
     bytes: readFileSync(image),
     tree: { smallFiles: small, largeFiles: large, largeMiB, tarBytes: statSync(tar).size },
   };
-}
-
-function imageOf(layers: ReturnType<typeof blobOf>[]): FixtureImage {
-  const platform = { os: 'linux', architecture: 'amd64' };
-  const config = blobOf(
-    'application/vnd.oci.image.config.v1+json',
-    Buffer.from(
-      JSON.stringify({ ...platform, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) } }),
-    ),
-  );
-  const descriptor = (b: ReturnType<typeof blobOf>) => ({
-    mediaType: b.mediaType,
-    digest: b.digest,
-    size: b.size,
-  });
-  const manifest = blobOf(
-    'application/vnd.oci.image.manifest.v1+json',
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: descriptor(config),
-        layers: layers.map(descriptor),
-      }),
-    ),
-  );
-  return { platform, config, layers, manifest };
 }
 
 // ---------------------------------------------------------------------------------------------------------
