@@ -79,7 +79,12 @@ function knownLayer(values: {
   if (!isDigest(values.blob)) throw new ErofsOciError('usage', `--blob is not a digest: ${values.blob}`);
   if (!/^\d+$/.test(size) || !Number.isSafeInteger(Number(size)))
     throw new ErofsOciError('usage', `--blob-size is not a byte count: ${size}`);
-  return { digest: values.blob, size: Number(size), mediaType, format: layerFormat(mediaType) };
+  return describedLayer(values.blob, Number(size), mediaType);
+}
+
+/** A layer known by its descriptor's fields, without the manifest that lists it. */
+function describedLayer(digest: string, size: number, mediaType: string): LayerDescriptor {
+  return { digest, size, mediaType, format: layerFormat(mediaType) };
 }
 
 export async function serveCommand(args: string[], io: CommandIo): Promise<number> {
@@ -251,12 +256,7 @@ export async function serveLayersCommand(args: string[], io: CommandIo): Promise
     await serveLayers(
       image,
       config.layers.map((layer) => ({
-        layer: {
-          digest: layer.digest,
-          size: layer.size,
-          mediaType: layer.mediaType,
-          format: layerFormat(layer.mediaType),
-        },
+        layer: describedLayer(layer.digest, layer.size, layer.mediaType),
         listen: { kind: 'unix', path: layer.socket },
         exportName: '',
         device: {

@@ -29,15 +29,11 @@ import {
   writeRecord,
 } from './state.ts';
 
-export interface LayerPlan {
-  index: number;
-  digest: string;
-  mediaType: string;
-  size: number;
-  kind: 'erofs' | 'hybrid';
-  tarIndex?: string;
-  zinfo?: string;
-}
+/** What the mount command resolved for a layer; the record adds where it is served and by whom. */
+export type LayerPlan = Pick<
+  LayerRecord,
+  'index' | 'digest' | 'mediaType' | 'size' | 'kind' | 'tarIndex' | 'zinfo'
+>;
 
 export interface MountPlan {
   source: string;
