@@ -216,7 +216,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   /** Blocks being fetched or loaded from disk. */
   const pending = new Map<number, Promise<Uint8Array>>();
   /** Which parts of the blocks in memory reads have asked for (for eviction: see `remember`). */
-  const coverage = new ReadCoverage(grid);
+  const coverage = new ReadCoverage(grid, (block) => memory.has(block));
   const slots = new FetchSlots(parallel);
   const lifetime = new AbortController();
   const streams = new ReadaheadStreams();
@@ -731,7 +731,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     // Every block has been fetched once: nothing is answered before the digest's verdict (module comment).
     if (verifier?.awaitingVerdict) await raceAbort(verifier.settled(), readOptions.signal);
     if (failure) throw failure;
-    coverage.mark(offset, length, (block) => memory.has(block));
+    coverage.mark(offset, length);
     // Cached blocks are never modified: a read within one block gets a view of it, not a copy.
     if (first === last) {
       const from = offset - grid.start(first);
@@ -796,19 +796,22 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
 class ReadCoverage {
   static readonly PAGE = 4096;
   readonly #grid: BlockGrid;
+  /** Whether a block is kept (in memory): only those are tracked, the others have nothing to evict. */
+  readonly #kept: (block: number) => boolean;
   /** Per block: a bit per page, and how many pages are still unread. */
   readonly #blocks = new Map<number, { bits: Uint8Array; unread: number }>();
 
-  constructor(grid: BlockGrid) {
+  constructor(grid: BlockGrid, kept: (block: number) => boolean) {
     this.#grid = grid;
+    this.#kept = kept;
   }
 
-  /** Records a read; only blocks `kept` says are kept (the others have nothing to evict). */
-  mark(offset: number, length: number, kept: (block: number) => boolean): void {
+  /** Records a read of the kept blocks it covers. */
+  mark(offset: number, length: number): void {
     if (length === 0) return;
     const end = offset + length;
     for (let block = this.#grid.blockOf(offset); block <= this.#grid.blockOf(end - 1); block++) {
-      if (!kept(block)) continue;
+      if (!this.#kept(block)) continue;
       const start = this.#grid.start(block);
       const pages = Math.ceil(this.#grid.length(block) / ReadCoverage.PAGE);
       let entry = this.#blocks.get(block);
