@@ -34,8 +34,9 @@ of type application/vnd.erofs.layer.v1 or any type ending .erofs): every layer i
 stacked read-only with overlayfs (top layer first); --layer/--blob mount one. A gzip layer is mounted
 from its local index (--tarindex META --zinfo FILE, made by
 erofs-oci build --mode index --zinfo FILE SOURCE --layer N META) plus the remote blob.
-Background processes serve each layer and log under the state directory ($EROFS_OCI_STATE_DIR, default
-/run/erofs-oci); if one dies, erofs-oci reattach brings it back without unmounting. Needs root.
+Two background processes per mount, a server for the layers and a holder of their devices, log under
+the state directory ($EROFS_OCI_STATE_DIR, default /run/erofs-oci); if the server dies, erofs-oci
+reattach brings it back without unmounting. Needs root.
 
 Options:
   --upper DIR         make the mount writable: overlayfs upper dir (work dir DIR.work is created beside it)
