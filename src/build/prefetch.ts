@@ -7,7 +7,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { finished } from 'node:stream/promises';
+import { pipeline } from 'node:stream/promises';
 import { ErofsOciError } from '../errors.ts';
 
 export interface LazyStream {
@@ -70,20 +70,12 @@ export class Prefetcher {
     const download = (async () => {
       this.#spillDir ??= mkdtemp(join(this.#options.directory, '.erofs-oci-layers-'));
       const path = join(await this.#spillDir, `${index}`);
-      const out = createWriteStream(path, { mode: 0o600 });
-      try {
-        for await (const chunk of this.#counted(
-          index,
-          (this.#streams[index] as LazyStream).open(this.#controller.signal),
-        )) {
-          if (!out.write(chunk)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
-        }
-        out.end();
-        await finished(out);
-      } catch (error) {
-        out.destroy();
-        throw error;
-      }
+      // pipeline, not hand-written writes: a failure while a write is on its way to the disk must not turn
+      // into an unhandled 'error' event of the destroyed file stream.
+      await pipeline(
+        this.#counted(index, (this.#streams[index] as LazyStream).open(this.#controller.signal)),
+        createWriteStream(path, { mode: 0o600 }),
+      );
       return path;
     })();
     // Failures surface when the stream's turn comes; until then they must not count as unhandled.
