@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { LAYOUT_HEAD_BYTES, layoutAnchors, openImage } from '../erofs/reader.ts';
 import { ErofsOciError } from '../errors.ts';
 import { decodeZinfo, openZinfoSource } from '../gzip-index/index.ts';
-import { type BlockCache, openBlockCache, type RangeFetch } from '../io/block-cache.ts';
+import { type BlockCache, openBlockCache, type RangeFetch, readCachedHead } from '../io/block-cache.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { concatSources } from '../io/concat-source.ts';
 import { type FileSource, openFileSource } from '../io/file-source.ts';
@@ -54,12 +54,19 @@ export async function openLayerDevice(
     options.tarIndex === undefined
   ) {
     // An EROFS layer: its superblock says where reads will go, so blocks are cut to fit (a small first
-    // fetch for the mount, the metadata area starting a block). The head fetched for it is what the mount
-    // reads first: the cache starts with it.
-    head = await reader.readRange(layer.digest, 0, Math.min(LAYOUT_HEAD_BYTES, layer.size), {
-      signal: options.signal,
-    });
-    anchors = layoutAnchors(head);
+    // fetch for the mount, the metadata area starting a block). A disk cache that holds the head answers
+    // without the registry (a server restarted by reattach starts while the registry is unreachable);
+    // otherwise the head fetched is what the mount reads first, and the cache starts with it.
+    const headLength = Math.min(LAYOUT_HEAD_BYTES, layer.size);
+    let known =
+      options.cacheDir === undefined
+        ? null
+        : await readCachedHead(options.cacheDir, layer.digest, layer.size, headLength);
+    if (known === null) {
+      head = await reader.readRange(layer.digest, 0, headLength, { signal: options.signal });
+      known = head;
+    }
+    anchors = layoutAnchors(known);
   }
   const fetch: RangeFetch = (offset, length, signal, sink) =>
     reader.readRange(layer.digest, offset, length, { signal, onData: sink });

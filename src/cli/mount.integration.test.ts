@@ -334,6 +334,37 @@ describe('mount', { skip }, () => {
     }
   });
 
+  it('reattach while the registry is down: what the disk cache holds reads, the rest fails with EIO', async () => {
+    const own = await startRegistry({ storageDir: join(dir.path, 'storage') });
+    let registryUp = true;
+    const mnt = await newMountpoint('offline');
+    try {
+      const source = `${own.host}/test/native:v1`;
+      await mount(['--layer', '0', '--timeout', '2', '--io-timeout', '5', source], mnt);
+      try {
+        assert.equal(await readFile(join(mnt, 'a.txt'), 'utf8'), 'first a\n');
+        // The disk cache lists blocks once they are durable, within a second of their fetch.
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        const [listed] = await listJson(env);
+        process.kill(listed?.pids[0] as number, 'SIGKILL');
+        await own.stop();
+        registryUp = false;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        const re = await runCli(['reattach', mnt], { env });
+        assert.equal(re.status, 0, re.stderr);
+        assert.equal((await listJson(env))[0]?.health, 'serving');
+        await check('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+        assert.equal(await readFile(join(mnt, 'a.txt'), 'utf8'), 'first a\n');
+        assert.equal(await readFile(join(mnt, 'dir', 'keep.txt'), 'utf8'), 'keep\n');
+        await assert.rejects(readFile(join(mnt, 'big.bin')), { code: 'EIO' });
+      } finally {
+        await umount(mnt);
+      }
+    } finally {
+      if (registryUp) await own.stop();
+    }
+  });
+
   it('--username with --password-stdin: mount, and reattach asks for the password again', async () => {
     const basic = await startRegistry({
       storageDir: join(dir.path, 'storage'),

@@ -1189,12 +1189,7 @@ class DiskCache {
     } catch (error) {
       throw fsError(action, error);
     }
-    const key = createHash('sha256').update(cacheId).digest('hex').slice(0, 40);
-    const paths = {
-      data: join(dir, `${key}.data`),
-      record: join(dir, `${key}.json`),
-      lock: join(dir, `${key}.lock`),
-    };
+    const paths = cachePaths(dir, cacheId);
     await takeLock(paths.lock, `${action} for ${cacheId}`);
     const anchors = [...grid.anchors];
     const base = { format: 'erofs-oci-block-cache', version: 1, cacheId, size, blockSize, anchors } as const;
@@ -1406,6 +1401,61 @@ class DiskCache {
     });
     await this.#data.close();
     if (this.#paths) await unlink(this.#paths.lock).catch(() => {});
+  }
+}
+
+function cachePaths(dir: string, cacheId: string): CachePaths {
+  const key = createHash('sha256').update(cacheId).digest('hex').slice(0, 40);
+  return { data: join(dir, `${key}.data`), record: join(dir, `${key}.json`), lock: join(dir, `${key}.lock`) };
+}
+
+/**
+ * The first `length` bytes of the object, read from its disk cache entry when the entry holds all of them
+ * intact (every block listed, every checksum right), else null. For learning an object's layout before the
+ * cache is opened (the layout decides where blocks are cut), without asking the origin: a server restarted
+ * while the origin is unreachable still starts. Takes no lock: the record is replaced atomically and only
+ * blocks it lists, which are durable, are read.
+ */
+export async function readCachedHead(
+  cacheDir: string,
+  cacheId: string,
+  size: number,
+  length: number,
+): Promise<Uint8Array | null> {
+  const paths = cachePaths(cacheDir, cacheId);
+  const record = await readRecord(paths.record);
+  if (record === null || record.cacheId !== cacheId || record.size !== size || !Array.isArray(record.blocks))
+    return null;
+  let grid: BlockGrid;
+  try {
+    grid = new BlockGrid(size, record.blockSize, record.anchors ?? []);
+  } catch {
+    // A record no cache of ours would have written: not one to read from.
+    return null;
+  }
+  const end = Math.min(length, size);
+  const checksums = new Map(record.blocks.filter(Array.isArray).map(([block, crc]) => [block, crc]));
+  const last = end === 0 ? -1 : grid.blockOf(end - 1);
+  const span = last < 0 ? 0 : grid.end(last);
+  for (let block = 0; block <= last; block++) if (!checksums.has(block)) return null;
+  let data: FileHandle | undefined;
+  try {
+    data = await open(paths.data, 'r');
+    const bytes = new Uint8Array(span);
+    for (let done = 0; done < span; ) {
+      const { bytesRead } = await data.read(bytes, done, span - done, done);
+      if (bytesRead === 0) return null;
+      done += bytesRead;
+    }
+    for (let block = 0; block <= last; block++) {
+      if (crc32c(bytes.subarray(grid.start(block), grid.end(block))) !== checksums.get(block)) return null;
+    }
+    return bytes.subarray(0, end);
+  } catch {
+    // Unreadable: the caller asks the origin instead.
+    return null;
+  } finally {
+    await data?.close();
   }
 }
 
