@@ -29,10 +29,13 @@
  * - reads answered before every block has been fetched carry bytes not yet verified, as any lazy read must;
  * - the running hash needs each block while it is still at hand. Blocks fetched in order (sequential copies)
  *   cost one hash pass and nothing else; blocks ahead of it wait in a side table (bounded by a quarter of
- *   the memory budget, on top of it), in memory or in the disk cache. Without a disk cache, a block evicted before the hash reached it stalls verification
- *   until a read fetches that block again, so random access to an object larger than the memory budget
- *   may stay unverified (`stats().verification` says 'pending'). With a disk cache every block stays at
- *   hand and the verdict comes with the last block. A verified disk entry is marked so in its record and
+ *   the memory budget, on top of it), in memory or in the disk cache. Without a disk cache, a block
+ *   evicted from memory before the hash reached it goes to a private temporary file (opened at the first
+ *   such eviction, unlinked from the start, closed with the verdict), so that readers working on several
+ *   regions at once (nbdcopy's threads) still get a verdict; it holds at most the blocks fetched ahead of
+ *   the hash. Only when that file cannot be written does a block evicted early stall the verification
+ *   until a read fetches it again (`stats().verification` says 'pending'). With a disk cache every block
+ *   stays at hand the same way. Either way the verdict comes with the last block. A verified disk entry is marked so in its record and
  *   is not hashed again when reopened (its blocks keep their CRC-32C; a damaged one fetched again then has
  *   no first copy to be compared with, and clears the mark for the next opening).
  *
@@ -217,6 +220,13 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   const pending = new Map<number, Promise<Uint8Array>>();
   /** Which parts of the blocks in memory reads have asked for (for eviction: see `remember`). */
   const coverage = new ReadCoverage(grid, (block) => memory.has(block));
+  /**
+   * Blocks readahead started that no read has asked for since. Bounded by half the memory budget, so
+   * that reading ahead (of several streams, of readers slower than the origin) never evicts the blocks it
+   * fetched before they are read, or before the running hash takes them.
+   */
+  const aheadUnread = new Set<number>();
+  const aheadLimit = Math.max(1, Math.floor(memoryBudget / 2 / blockSize));
   const slots = new FetchSlots(parallel);
   const lifetime = new AbortController();
   const streams = new ReadaheadStreams();
@@ -249,13 +259,21 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
             const bytes = memory.get(block);
             if (bytes) return bytes;
             if (diskCache?.has(block)) return diskCache.load(block, blockLength(block));
+            if (hashSpill)
+              return hashSpill.then((file) =>
+                file?.has(block) ? file.load(block, blockLength(block)) : null,
+              );
             return undefined;
           },
           verified: () => {
             log(`verified ${name}: its ${size} bytes match the digest`);
             diskCache?.markVerified();
+            void closeHashSpill();
           },
-          failed: (error) => enterFailure(error),
+          failed: (error) => {
+            void closeHashSpill();
+            enterFailure(error);
+          },
         });
 
   const disk: Promise<DiskCache | null> =
@@ -288,6 +306,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     failure = error;
     log(`${error.message}: dropping the cached bytes; every read fails from now on`);
     memory.clear();
+    aheadUnread.clear();
     coverage.clear();
     memoryBytes = 0;
     for (const waiter of wholeWaiters.values()) waiter.reject(error);
@@ -295,8 +314,44 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     void diskCache?.discard();
   }
 
+  /**
+   * Without a disk cache: a private temporary file (see `DiskCache.openTemporary`) for blocks evicted from
+   * memory before the running hash took them, so that the hash finds them when it gets there. Without it,
+   * a copy of the whole object by readers working on several regions at once (nbdcopy's threads) evicts
+   * the later regions' blocks while the hash is still in the first, and ends unverified. Opened at the
+   * first such eviction, closed once the verdict is in.
+   */
+  let hashSpill: Promise<DiskCache | null> | null = null;
+
+  function keepForHash(block: number, bytes: Uint8Array): void {
+    if (verifier?.needs(block) !== true || diskCache !== null) return;
+    hashSpill ??= DiskCache.openTemporary(grid).catch((error: unknown) => {
+      log(
+        `cannot keep blocks for the digest check in a temporary file (${(error as Error).message}): the check waits for them to be fetched again`,
+      );
+      return null;
+    });
+    void hashSpill.then((file) => {
+      if (file && !closed && verifier.needs(block)) file.store(block, bytes);
+    });
+  }
+
+  function closeHashSpill(): Promise<void> {
+    const file = hashSpill;
+    hashSpill = null;
+    return (file ?? Promise.resolve(null))
+      .then((f) => f?.close())
+      .catch(() => {
+        // Nothing outlives the process: the file is unlinked already.
+      });
+  }
+
   function remember(block: number, bytes: Uint8Array): void {
-    if (bytes.byteLength > memoryBudget || failure) return;
+    if (failure) return;
+    if (bytes.byteLength > memoryBudget) {
+      keepForHash(block, bytes);
+      return;
+    }
     const old = memory.get(block);
     if (old) {
       memory.delete(block);
@@ -312,7 +367,9 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
       for (const [victim, victimBytes] of memory) {
         if (memoryBytes <= memoryBudget) return;
         if (pass === 'read' && !coverage.isComplete(victim)) continue;
+        keepForHash(victim, victimBytes);
         memory.delete(victim);
+        aheadUnread.delete(victim);
         coverage.forget(victim);
         memoryBytes -= victimBytes.byteLength;
       }
@@ -667,22 +724,27 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     return memory.has(block) || pending.has(block) || diskCache?.has(block) === true;
   }
 
-  /** Sequential detection and prefetch after a read of blocks `first..last`. */
-  function readAhead(first: number, last: number): void {
+  /** Sequential detection and prefetch after a read of bytes [offset, end), whose last block is `last`. */
+  function readAhead(offset: number, end: number, last: number): void {
     if (!readahead) return;
-    const window = streams.advance(first, last, readahead, blockSize);
+    const window = streams.advance(offset, end, last, readahead);
     if (window === 0) return;
     const windowBlocks = Math.ceil(window / blockSize);
-    const end = Math.min(blockCount - 1, last + windowBlocks);
+    const until = Math.min(blockCount - 1, last + windowBlocks);
     const missing: number[] = [];
-    for (let block = last + 1; block <= end; block++) if (!isAvailable(block)) missing.push(block);
+    for (let block = last + 1; block <= until; block++) if (!isAvailable(block)) missing.push(block);
     // As the kernel's async readahead: refill when at least half the window is missing, in one go, rather
     // than a block at a time as the stream advances.
     if (missing.length === 0 || missing.length < Math.max(1, Math.floor(windowBlocks / 2))) return;
+    const allowed = aheadLimit - aheadUnread.size;
+    if (allowed <= 0) return;
+    if (missing.length > allowed) missing.length = allowed;
     stats.readaheadBlocks += missing.length;
-    for (const promise of startLoads(missing, 'readahead').values()) {
+    for (const [block, promise] of startLoads(missing, 'readahead')) {
+      aheadUnread.add(block);
       promise.catch(() => {
         // A failed prefetch is not an error of any read; a read of these blocks fetches them again.
+        aheadUnread.delete(block);
       });
     }
   }
@@ -712,6 +774,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     const parts: (Uint8Array | Promise<Uint8Array>)[] = [];
     const missing: number[] = [];
     for (let block = first; block <= last; block++) {
+      aheadUnread.delete(block);
       const cached = fromMemory(block);
       const running = cached ? undefined : pending.get(block);
       if (cached) stats.hits++;
@@ -725,7 +788,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
       const started = startLoads(missing, 'demand');
       for (const [block, promise] of started) parts[block - first] = promise;
     }
-    readAhead(first, last);
+    readAhead(offset, offset + length, last);
 
     const blocks = await raceAbort(Promise.all(parts), readOptions.signal);
     // Every block has been fetched once: nothing is answered before the digest's verdict (module comment).
@@ -778,8 +841,10 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
       for (const waiter of wholeWaiters.values()) waiter.reject(reason);
       wholeWaiters.clear();
       memory.clear();
+      aheadUnread.clear();
       coverage.clear();
       memoryBytes = 0;
+      await closeHashSpill();
       await download?.catch(() => {});
       await spill?.catch(() => {});
       const d = await disk.catch(() => null);
@@ -928,6 +993,11 @@ class OrderedVerifier {
   /** Every block has been fetched once and the verdict is still out: reads wait for it. */
   get awaitingVerdict(): boolean {
     return this.state === 'pending' && this.#fetchedCount === this.#options.grid.count;
+  }
+
+  /** Whether the running hash has yet to take `block` (it is pending and the block lies ahead of it). */
+  needs(block: number): boolean {
+    return this.state === 'pending' && block >= this.#next;
   }
 
   /** Resolves when the hashing started so far is done (it may stop short of the end: see the module comment). */
@@ -1097,29 +1167,37 @@ class FetchSlots {
 
 /**
  * Recently seen sequential streams (several readers, e.g. NBD connections, may each stream through a
- * different region). A read starting in or just after a stream's last block continues it and grows its
- * window (or lands within that window); any other read starts a new stream, without readahead until a second read continues it.
+ * different region). A read continues a stream when it starts near the stream's end, in bytes: within
+ * `GAP` of it, or within the stream's window once it has one (readers with several requests in flight
+ * arrive slightly out of order). Crossing into a further block grows the window. Any other read starts a
+ * new stream, without readahead until a second read continues it. Nearness is in bytes, not blocks: reads
+ * that hop through an object in steps smaller than a block (one small file of each of many directories,
+ * when a layer's files are not stored in the order they are read) touch consecutive blocks without being
+ * a stream, and reading ahead of them fills the memory cache with blocks evicted before they are used.
  */
 class ReadaheadStreams {
-  #streams: { next: number; window: number }[] = [];
+  /** How far from a stream's end a read may start and still continue it, window or not. */
+  static readonly GAP = 128 * 1024;
+  #streams: { end: number; block: number; window: number }[] = [];
 
-  advance(first: number, last: number, limits: { initial: number; max: number }, blockSize: number): number {
-    // Concurrent readers of one stream (requests in flight on an NBD connection) arrive slightly out of
-    // order: a read that lands inside the stream's current window still continues it.
-    const index = this.#streams.findIndex(
-      (s) => first >= s.next - 1 && first <= s.next + Math.ceil(s.window / blockSize),
-    );
-    let stream: { next: number; window: number };
+  /** Records a read of bytes [offset, end) in blocks `first..last`; returns the stream's window in bytes. */
+  advance(offset: number, end: number, last: number, limits: { initial: number; max: number }): number {
+    const index = this.#streams.findIndex((s) => {
+      const reach = Math.max(s.window, ReadaheadStreams.GAP);
+      return offset >= s.end - reach && offset <= s.end + reach;
+    });
+    let stream: { end: number; block: number; window: number };
     if (index >= 0) {
-      stream = this.#streams[index] as { next: number; window: number };
+      stream = this.#streams[index] as { end: number; block: number; window: number };
       this.#streams.splice(index, 1);
       // Grow once per block boundary crossed, not per small read within one block.
-      if (first >= stream.next)
+      if (last > stream.block)
         stream.window = stream.window === 0 ? limits.initial : Math.min(limits.max, stream.window * 2);
-      stream.next = Math.max(stream.next, last + 1);
+      stream.end = Math.max(stream.end, end);
+      stream.block = Math.max(stream.block, last);
     } else {
       // A lone read (even at offset 0, where filesystems keep their superblock) is no stream yet.
-      stream = { next: last + 1, window: 0 };
+      stream = { end, block: last, window: 0 };
     }
     this.#streams.unshift(stream);
     if (this.#streams.length > 16) this.#streams.pop();
