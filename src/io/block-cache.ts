@@ -31,13 +31,14 @@
  *   cost one hash pass and nothing else; blocks ahead of it wait in a side table (bounded by a quarter of
  *   the memory budget, on top of it), in memory or in the disk cache. Without a disk cache, a block
  *   evicted from memory before the hash reached it goes to a private temporary file (opened at the first
- *   such eviction, unlinked from the start, closed with the verdict), so that readers working on several
- *   regions at once (nbdcopy's threads) still get a verdict; it holds at most the blocks fetched ahead of
- *   the hash. Only when that file cannot be written does a block evicted early stall the verification
- *   until a read fetches it again (`stats().verification` says 'pending'). With a disk cache every block
- *   stays at hand the same way. Either way the verdict comes with the last block. A verified disk entry is marked so in its record and
- *   is not hashed again when reopened (its blocks keep their CRC-32C; a damaged one fetched again then has
- *   no first copy to be compared with, and clears the mark for the next opening).
+ *   such eviction, unlinked from the start, closed with the verdict, at most 1 GiB), so that readers
+ *   working on several regions at once (nbdcopy's threads) still get a verdict. Only a block that file
+ *   cannot take (full, or not writable) stalls the verification when evicted early, until a read fetches
+ *   it again (`stats().verification` says 'pending'), so random access far ahead of the hash may stay
+ *   unverified. With a disk cache every block stays at hand and the verdict comes with the last block.
+ *   A verified disk entry is marked so in its record and is not hashed again when reopened (its blocks
+ *   keep their CRC-32C; a damaged one fetched again then has no first copy to be compared with, and
+ *   clears the mark for the next opening).
  *
  * Disk cache layout (`cacheDir`, mode 0700), per `cacheId`, under the SHA-256 of the id:
  * - `KEY.data`: a sparse file of the source's size, blocks written at their offsets (0600);
@@ -160,6 +161,11 @@ export interface BlockCache extends ByteSource, Closable {
 }
 
 const MiB = 1 << 20;
+/**
+ * Most bytes kept in a temporary file for the running hash when there is no disk cache (see `keepForHash`):
+ * enough for a copy by nbdcopy's threads, which work 128 MiB apart.
+ */
+const HASH_SPILL_BYTES = 1024 * MiB;
 
 /** Errors that another attempt cannot fix. */
 const PERMANENT = new Set(['digest-mismatch', 'not-found', 'auth', 'aborted', 'usage', 'unsupported']);
@@ -319,12 +325,16 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
    * memory before the running hash took them, so that the hash finds them when it gets there. Without it,
    * a copy of the whole object by readers working on several regions at once (nbdcopy's threads) evicts
    * the later regions' blocks while the hash is still in the first, and ends unverified. Opened at the
-   * first such eviction, closed once the verdict is in.
+   * first such eviction, closed once the verdict is in, and bounded (`HASH_SPILL_BYTES`): random reads
+   * far ahead of the hash must not fill the temporary directory (often memory, on tmpfs) with the object.
    */
   let hashSpill: Promise<DiskCache | null> | null = null;
+  let hashSpillBytes = 0;
 
   function keepForHash(block: number, bytes: Uint8Array): void {
     if (verifier?.needs(block) !== true || diskCache !== null) return;
+    if (hashSpillBytes + bytes.byteLength > HASH_SPILL_BYTES) return;
+    hashSpillBytes += bytes.byteLength;
     hashSpill ??= DiskCache.openTemporary(grid).catch((error: unknown) => {
       log(
         `cannot keep blocks for the digest check in a temporary file (${(error as Error).message}): the check waits for them to be fetched again`,
@@ -1180,7 +1190,7 @@ class ReadaheadStreams {
   static readonly GAP = 128 * 1024;
   #streams: { end: number; block: number; window: number }[] = [];
 
-  /** Records a read of bytes [offset, end) in blocks `first..last`; returns the stream's window in bytes. */
+  /** Records a read of bytes [offset, end), whose last block is `last`; returns the stream's window in bytes. */
   advance(offset: number, end: number, last: number, limits: { initial: number; max: number }): number {
     const index = this.#streams.findIndex((s) => {
       const reach = Math.max(s.window, ReadaheadStreams.GAP);
