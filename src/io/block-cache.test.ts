@@ -484,6 +484,38 @@ test('createBlockCache keeps readahead no read has asked for within half the mem
   await cache.close();
 });
 
+test('createBlockCache does not read ahead into a region another stream has read through', async () => {
+  // nbdcopy's threads: one copies the first half while another has already copied the second.
+  const blockSize = 64 * 1024;
+  const size = 64 * blockSize;
+  const bytes = random(size);
+  const source = origin(bytes);
+  const cache = createBlockCache(source.fetch, {
+    size,
+    blockSize,
+    memoryBytes: 16 * blockSize,
+    readahead: { initial: blockSize, max: 8 * blockSize },
+    maxFetchBytes: 8 * blockSize,
+  });
+  const copy = async (from: number, to: number) => {
+    for (let offset = from; offset < to; offset += 16 * 1024) {
+      assert.deepEqual(await cache.read(offset, 16 * 1024), bytes.subarray(offset, offset + 16 * 1024));
+    }
+  };
+  await copy(size / 2, size);
+  await copy(0, size / 2);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(cache.stats().bytesFetched, size, 'no block fetched twice');
+  // Read again (the reader's own cache dropped), the first half streams with readahead as before.
+  const before = source.calls.length;
+  await copy(0, size / 2);
+  assert.ok(
+    source.calls.length - before < 16,
+    `few fetches for 32 blocks: ${JSON.stringify(source.calls.slice(before).map(([o, l]) => [o / blockSize, l / blockSize]))}`,
+  );
+  await cache.close();
+});
+
 test('createBlockCache serves demand reads before queued readahead', async () => {
   const size = 1 << 20;
   const bytes = random(size);

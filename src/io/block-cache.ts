@@ -233,6 +233,19 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
    */
   const aheadUnread = new Set<number>();
   const aheadLimit = Math.max(1, Math.floor(memoryBudget / 2 / blockSize));
+  /**
+   * A bit per block: read through, then evicted. Readahead stops at such a block: its reader has it (in
+   * the kernel's page cache above), so a stream that runs into another stream's region (nbdcopy's threads
+   * copy neighbouring regions) would only fetch it again for nothing. A read of such a block shows that
+   * its reader no longer has it (a page cache dropped): the run of such blocks it starts is cleared.
+   */
+  const consumed = new Uint8Array(Math.ceil(blockCount / 8));
+  const isConsumed = (block: number) => ((consumed[block >> 3] as number) & (1 << (block & 7))) !== 0;
+  const setConsumed = (block: number, on: boolean) => {
+    const byte = consumed[block >> 3] as number;
+    const bit = 1 << (block & 7);
+    consumed[block >> 3] = on ? byte | bit : byte & ~bit;
+  };
   const slots = new FetchSlots(parallel);
   const lifetime = new AbortController();
   const streams = new ReadaheadStreams();
@@ -378,6 +391,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
         if (memoryBytes <= memoryBudget) return;
         if (pass === 'read' && !coverage.isComplete(victim)) continue;
         keepForHash(victim, victimBytes);
+        if (coverage.isComplete(victim)) setConsumed(victim, true);
         memory.delete(victim);
         aheadUnread.delete(victim);
         coverage.forget(victim);
@@ -734,15 +748,23 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     return memory.has(block) || pending.has(block) || diskCache?.has(block) === true;
   }
 
-  /** Sequential detection and prefetch after a read of bytes [offset, end), whose last block is `last`. */
-  function readAhead(offset: number, end: number, last: number): void {
+  /** Sequential detection and prefetch after a read of bytes [offset, end) in blocks `first..last`. */
+  function readAhead(offset: number, end: number, first: number, last: number): void {
     if (!readahead) return;
     const window = streams.advance(offset, end, last, readahead);
-    if (window === 0) return;
-    const windowBlocks = Math.ceil(window / blockSize);
+    // No wider than the readahead the memory budget allows, so that refills stay whole (see aheadLimit).
+    const windowBlocks = Math.min(aheadLimit, Math.ceil(window / blockSize));
     const until = Math.min(blockCount - 1, last + windowBlocks);
+    let reread = false;
+    for (let block = first; block <= last; block++) reread ||= isConsumed(block);
+    for (let block = first; reread && block < blockCount && (block <= last || isConsumed(block)); block++)
+      setConsumed(block, false);
+    if (window === 0) return;
     const missing: number[] = [];
-    for (let block = last + 1; block <= until; block++) if (!isAvailable(block)) missing.push(block);
+    for (let block = last + 1; block <= until; block++) {
+      if (isConsumed(block)) break;
+      if (!isAvailable(block)) missing.push(block);
+    }
     // As the kernel's async readahead: refill when at least half the window is missing, in one go, rather
     // than a block at a time as the stream advances.
     if (missing.length === 0 || missing.length < Math.max(1, Math.floor(windowBlocks / 2))) return;
@@ -798,7 +820,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
       const started = startLoads(missing, 'demand');
       for (const [block, promise] of started) parts[block - first] = promise;
     }
-    readAhead(offset, offset + length, last);
+    readAhead(offset, offset + length, first, last);
 
     const blocks = await raceAbort(Promise.all(parts), readOptions.signal);
     // Every block has been fetched once: nothing is answered before the digest's verdict (module comment).
