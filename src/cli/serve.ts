@@ -1,5 +1,7 @@
 /** `erofs-oci serve [options] SOURCE --listen unix:PATH|tcp:HOST:PORT` */
+
 import { readFile } from 'node:fs/promises';
+import { flushCompileCache } from 'node:module';
 import { parseArgs } from 'node:util';
 import { ErofsOciError } from '../errors.ts';
 import type { LayerServerConfig } from '../mount/state.ts';
@@ -196,6 +198,9 @@ async function serveLayers(
       servers.push(server);
       log(`serving ${device.description} (${device.source.size} bytes) of ${image.name} on ${server.uri}`);
     }
+    // A server may well end by a signal or a kill, never reaching the exit that writes the compile cache
+    // (bin/erofs-oci.js): write it now, so that the next server starts from it.
+    flushCompileCache?.();
     await new Promise<void>((resolve) => {
       if (io.signal.aborted) resolve();
       io.signal.addEventListener('abort', () => resolve(), { once: true });

@@ -1,5 +1,6 @@
-/** Process liveness, for lock files and the pids of mount records. */
+/** Process liveness, for lock files and the pids of mount records; the environment of our Node children. */
 import { readFileSync } from 'node:fs';
+import { getCompileCacheDir } from 'node:module';
 
 /**
  * Whether process `pid` exists and has not exited. A zombie (exited, not yet reaped by its parent) counts
@@ -22,4 +23,14 @@ export function isProcessAlive(pid: number): boolean {
     // No /proc (or it vanished between the two checks): trust kill(2).
     return true;
   }
+}
+
+/**
+ * The environment for a Node process we start on one of our modules directly (not through
+ * bin/erofs-oci.js): ours, plus the compile cache this process uses, which the entry point chose as
+ * private to its user. Without one, the environment as it is.
+ */
+export function compileCacheEnv(): NodeJS.ProcessEnv {
+  const dir = getCompileCacheDir();
+  return dir === undefined ? process.env : { ...process.env, NODE_COMPILE_CACHE: dir };
 }

@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { ErofsOciError, isErofsOciError, throwIfAborted } from '../errors.ts';
 import type { ByteSource, Closable, ReadOptions } from '../io/byte-source.ts';
+import { compileCacheEnv } from '../io/process.ts';
 import { type FuseMount, mountFuseFile } from './fuse-file.ts';
 import { connectNbd, formatNbdAddress, type NbdAddress, type NbdConnection } from './nbd-client.ts';
 
@@ -369,6 +370,10 @@ export async function spawnHolder(
   const child = spawn(process.execPath, [holderMainPath, options.configPath], {
     detached: true,
     stdio: 'ignore',
+    // The holder (and its reader threads) use the compile cache this command uses, a private one (see
+    // bin/erofs-oci.js): the holder starts without loading the TypeScript stripper, ~75 MB less for four
+    // layers.
+    env: compileCacheEnv(),
   });
   const pid = child.pid;
   if (pid === undefined) {
