@@ -4,14 +4,14 @@ import { layerMemoryBudget } from './serve.ts';
 
 const MiB = 2 ** 20;
 
-test('layerMemoryBudget: 64 MiB per layer up to four layers, then a share of 256 MiB, never below 16 MiB', () => {
+test('layerMemoryBudget: 32 MiB per layer up to four layers, then a share of 128 MiB, never below 16 MiB', () => {
   assert.deepEqual(
-    [1, 4, 5, 8, 10, 16, 40].map((n) => Math.round((layerMemoryBudget(n) / MiB) * 10) / 10),
-    [64, 64, 51.2, 32, 25.6, 16, 16],
+    [1, 4, 5, 6, 8, 10, 40].map((n) => Math.round((layerMemoryBudget(n) / MiB) * 10) / 10),
+    [32, 32, 25.6, 21.3, 16, 16, 16],
   );
   for (let n = 1; n <= 100; n++) {
     const each = layerMemoryBudget(n);
-    assert.ok(each >= 16 * MiB && each <= 64 * MiB);
-    assert.ok(n * each <= Math.max(256 * MiB, n * 16 * MiB), `${n} layers`);
+    assert.ok(each >= 16 * MiB && each <= 32 * MiB);
+    assert.ok(n * each <= Math.max(128 * MiB, n * 16 * MiB), `${n} layers`);
   }
 });

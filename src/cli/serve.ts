@@ -221,12 +221,14 @@ async function serveLayers(
 const MiB = 2 ** 20;
 
 /**
- * Memory cache of each layer of a mount's serving process: 64 MiB (serve's default) while the mount has
- * up to four layers, then a share of 256 MiB, at least 16 MiB, so that a many-layer image does not hold
- * 64 MiB per layer (every layer also has its disk cache, so what leaves memory is not fetched again).
+ * Memory cache of each layer of a mount's serving process: 32 MiB while the mount has up to four layers,
+ * then a share of 128 MiB, at least 16 MiB. Half of serve's default: every layer of a mount has its disk
+ * cache behind the memory one (what leaves memory is read from disk, not fetched again, and the kernel's
+ * page cache keeps the disk cache's hot pages anyway). Measured on a 4-layer, 248 MB mount after reading
+ * every file: 282–314 MB resident instead of 353 MB, reading no slower.
  */
 export function layerMemoryBudget(layers: number): number {
-  return Math.max(16 * MiB, Math.min(64 * MiB, Math.floor((256 * MiB) / Math.max(1, layers))));
+  return Math.max(16 * MiB, Math.min(32 * MiB, Math.floor((128 * MiB) / Math.max(1, layers))));
 }
 
 /**
