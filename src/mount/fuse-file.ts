@@ -6,16 +6,26 @@
  * The FUSE filesystem's root inode IS the file (rootmode=0100444), mounted over an existing regular file:
  * the kernel allows a mount whose root is not a directory on a mount point that is not one either. The
  * mount is made by mount(8) with the /dev/fuse descriptor passed down as `fd=3` (Node has no mount(2));
- * requests are read by a worker thread (see fuse-reader.ts) and answered from the main thread with
- * `writev(2)`, which never blocks on /dev/fuse. Reads run concurrently and are answered as they complete.
+ * requests are read one at a time by `fs.read` (see "Reading requests") and answered from the main thread
+ * with `writev(2)`, which never blocks on /dev/fuse. Reads run concurrently and are answered as they complete.
+ *
+ * Reading requests. A read of /dev/fuse blocks until the kernel has a request, and Node cannot poll a
+ * character device (net.Socket refuses it). So each session keeps one `fs.read` outstanding, which pins
+ * one thread of libuv's pool (`UV_THREADPOOL_SIZE`, default 4) for as long as the filesystem is idle; the
+ * kernel queues requests, and each read returns one of them at once. Those threads also serve every other
+ * `fs` call of the process: a process whose own calls could wait on the filesystem (reading the FUSE file,
+ * or an EROFS mount on it) needs more threads than it has sessions and such calls in flight, or the
+ * request those calls wait for finds no thread to be read on. `mountFuseFile` refuses a session that
+ * would leave fewer than two threads free; the device holder, whose own calls never touch its files, is
+ * started with a pool of its sessions plus four. A worker thread per session (an isolate each, ~13 MB)
+ * did the same with no shared pool, at ~50 MB more for a four-layer mount.
  *
  * Protocol reference: include/uapi/linux/fuse.h (declared in fuse-protocol.ts).
  */
 import { execFile, spawn } from 'node:child_process';
-import { closeSync, openSync, writeFileSync, writevSync } from 'node:fs';
+import { closeSync, openSync, read, writeFileSync, writevSync } from 'node:fs';
 import { lstat, readFile, realpath, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
-import { Worker } from 'node:worker_threads';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import {
@@ -44,7 +54,6 @@ import {
   opcodeName,
   S_IFREG,
 } from './fuse-protocol.ts';
-import type { FuseReaderData, FuseReaderMessage } from './fuse-reader.ts';
 
 export interface MountFuseFileOptions {
   /** The mount's source as shown in /proc/self/mountinfo and by `mount`. Default `erofs-oci`. */
@@ -82,6 +91,15 @@ const MAX_WRITE = 4096;
  * max_write; requests larger than the buffer (never one we serve) are failed by the kernel, not by us.
  */
 const READ_BUFFER_SIZE = FUSE_MIN_READ_BUFFER + 64 * 1024;
+/** Threads of libuv's pool a new session must leave to the rest of the process. */
+const FREE_POOL_THREADS = 2;
+
+/** The size of libuv's thread pool, as it reads UV_THREADPOOL_SIZE (once, at its first use). */
+export function threadPoolSize(): number {
+  const size = Number.parseInt(process.env.UV_THREADPOOL_SIZE ?? '', 10);
+  return Number.isSafeInteger(size) && size > 0 ? Math.min(size, 1024) : 4;
+}
+
 /** Background (readahead, async direct I/O) requests outstanding at once; the kernel's default is 12. */
 const MAX_BACKGROUND = 64;
 /** Attributes never change, so the kernel may cache them for a day. */
@@ -102,6 +120,14 @@ export async function mountFuseFile(
   throwIfAborted(signal);
   if (!Number.isSafeInteger(file.size) || file.size < 0) {
     throw new ErofsOciError('internal', `Cannot mount ${mountpoint}: invalid file size ${file.size}`);
+  }
+  // See "Reading requests" in the module comment.
+  if (FuseSession.active + 1 + FREE_POOL_THREADS > threadPoolSize()) {
+    throw new ErofsOciError(
+      'unsupported',
+      `Cannot serve another FUSE file (${FuseSession.active} already) with libuv's ${threadPoolSize()} threads`,
+      { hint: `set UV_THREADPOOL_SIZE to at least ${FuseSession.active + 1 + FREE_POOL_THREADS}` },
+    );
   }
   const target = await prepareMountpoint(mountpoint);
 
@@ -252,13 +278,14 @@ function runUmount(args: string[], what: string): Promise<void> {
 
 /** One live FUSE connection: dispatches requests, tracks reads in flight, and notices the end. */
 class FuseSession {
+  /** Sessions of this process whose read of /dev/fuse holds a pool thread. */
+  static active = 0;
   readonly initialized: Promise<number>;
   readonly ended: Promise<void>;
   readonly #fd: number;
   readonly #target: string;
   readonly #file: ByteSource;
   readonly #log: (line: string) => void;
-  readonly #worker: Worker;
   /** Reads in flight by request id, so that INTERRUPT can cancel them. */
   readonly #inflight = new Map<number, AbortController>();
   readonly #mtime = Math.floor(Date.now() / 1000);
@@ -291,16 +318,44 @@ class FuseSession {
     this.ended = new Promise((resolve) => {
       this.#resolveEnded = resolve;
     });
-    this.#worker = new Worker(new URL('./fuse-reader.ts', import.meta.url), {
-      workerData: { fd, bufferSize: READ_BUFFER_SIZE } satisfies FuseReaderData,
-    });
-    this.#worker.on('message', (message: FuseReaderMessage) => this.#onMessage(message));
-    this.#worker.on('error', (error) => this.#end(`the request reader failed: ${error.message}`));
-    this.#worker.on('exit', () => this.#end('the request reader stopped'));
-    // A process that exits while mounted would hang joining the reader thread, which is blocked in read(2)
-    // (process.exit does not join it; an uncaught exception does). Aborting the connection wakes it with
-    // ENODEV. This costs nothing: the kernel aborts the connection anyway when our descriptor closes.
+    FuseSession.active++;
+    void this.#readRequests();
+    // A process that exits while mounted would hang joining the pool thread blocked in read(2) (libuv joins
+    // its threads at exit). Aborting the connection wakes it with ENODEV. This costs nothing: the kernel
+    // aborts the connection anyway when our descriptor closes.
     process.on('exit', this.#onExit);
+  }
+
+  /** Takes requests off /dev/fuse one at a time (module comment, "Reading requests") until the session ends. */
+  async #readRequests(): Promise<void> {
+    const buffer = new Uint8Array(READ_BUFFER_SIZE);
+    try {
+      while (!this.#isEnded) {
+        let length: number;
+        try {
+          // Each read(2) of /dev/fuse returns exactly one whole request.
+          length = await new Promise<number>((resolve, reject) =>
+            read(this.#fd, buffer, 0, buffer.byteLength, null, (error, bytesRead) =>
+              error ? reject(error) : resolve(bytesRead),
+            ),
+          );
+        } catch (error) {
+          if (this.#isEnded) return;
+          const code = String((error as NodeJS.ErrnoException).code);
+          // EINTR: a signal arrived; ENOENT: the request we were about to get was interrupted and dropped;
+          // EAGAIN: only with O_NONBLOCK, which we do not set, but harmless to retry.
+          if (code === 'EINTR' || code === 'ENOENT' || code === 'EAGAIN') continue;
+          if (code === 'ENODEV') this.#end('the kernel ended the session');
+          else this.#end(`reading /dev/fuse failed: ${code} ${(error as Error).message}`);
+          return;
+        }
+        // The session may have ended (its descriptor closed) while the read was on its way back.
+        if (this.#isEnded) return;
+        this.#onRequest(buffer.slice(0, length));
+      }
+    } finally {
+      FuseSession.active--;
+    }
   }
 
   async unmount(): Promise<void> {
@@ -338,29 +393,17 @@ class FuseSession {
     }
   }
 
-  #onMessage(message: FuseReaderMessage): void {
-    switch (message.kind) {
-      case 'request':
-        try {
-          this.#dispatch(message.bytes);
-        } catch (error) {
-          // Answer what we cannot parse (if its header can be), so that the caller is not left waiting.
-          this.#log(
-            `FUSE request of ${message.bytes.byteLength} bytes not understood: ${(error as Error).message}`,
-          );
-          if (message.bytes.byteLength >= fuseInHeader.size) {
-            const header = fuseInHeader.decode(message.bytes);
-            const noReply = header.opcode === FuseOpcode.FORGET || header.opcode === FuseOpcode.BATCH_FORGET;
-            if (!noReply && header.opcode !== FuseOpcode.INTERRUPT) this.#reply(header.unique, errno.EIO, []);
-          }
-        }
-        return;
-      case 'end':
-        this.#end('the kernel ended the session');
-        return;
-      case 'error':
-        this.#end(`reading /dev/fuse failed: ${message.code} ${message.message}`);
-        return;
+  #onRequest(bytes: Uint8Array): void {
+    try {
+      this.#dispatch(bytes);
+    } catch (error) {
+      // Answer what we cannot parse (if its header can be), so that the caller is not left waiting.
+      this.#log(`FUSE request of ${bytes.byteLength} bytes not understood: ${(error as Error).message}`);
+      if (bytes.byteLength >= fuseInHeader.size) {
+        const header = fuseInHeader.decode(bytes);
+        const noReply = header.opcode === FuseOpcode.FORGET || header.opcode === FuseOpcode.BATCH_FORGET;
+        if (!noReply && header.opcode !== FuseOpcode.INTERRUPT) this.#reply(header.unique, errno.EIO, []);
+      }
     }
   }
 

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { ErofsOciError, isErofsOciError, throwIfAborted } from '../errors.ts';
 import type { ByteSource, Closable, ReadOptions } from '../io/byte-source.ts';
 import { compileCacheEnv } from '../io/process.ts';
-import { type FuseMount, mountFuseFile } from './fuse-file.ts';
+import { type FuseMount, mountFuseFile, threadPoolSize } from './fuse-file.ts';
 import { connectNbd, formatNbdAddress, type NbdAddress, type NbdConnection } from './nbd-client.ts';
 
 /** SPEC §2 `reattach --io-timeout`: how long a read waits for a server before it fails. */
@@ -326,7 +326,7 @@ export interface HolderDevice {
 
 /**
  * What holder-main.ts reads from its JSON config file. One holder process serves every device of a
- * mount (each FUSE file with its own reader thread): one process to start instead of one per layer.
+ * mount: one process to start instead of one per layer.
  */
 export interface HolderConfig {
   devices: HolderDevice[];
@@ -370,10 +370,13 @@ export async function spawnHolder(
   const child = spawn(process.execPath, [holderMainPath, options.configPath], {
     detached: true,
     stdio: 'ignore',
-    // The holder (and its reader threads) use the compile cache this command uses, a private one (see
-    // bin/erofs-oci.js): the holder starts without loading the TypeScript stripper, ~75 MB less for four
-    // layers.
-    env: compileCacheEnv(),
+    env: {
+      // The compile cache this command uses, a private one (see bin/erofs-oci.js): the holder starts without
+      // loading the TypeScript stripper, ~75 MB less.
+      ...compileCacheEnv(),
+      // A pool thread per FUSE file for its read of /dev/fuse, and four for the rest (fuse-file.ts).
+      UV_THREADPOOL_SIZE: String(Math.min(1024, Math.max(threadPoolSize(), config.devices.length + 4))),
+    },
   });
   const pid = child.pid;
   if (pid === undefined) {

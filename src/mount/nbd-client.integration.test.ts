@@ -10,7 +10,7 @@ import { describe, type TestContext, test } from 'node:test';
 import fc from 'fast-check';
 import { type TmpDir, tmpdir } from '../../test-support/kernel.ts';
 import { isErofsOciError } from '../errors.ts';
-import { nbdkitSkipReason, type Nbdkit, pseudoRandomBytes, startNbdkit } from './fuse-testing.ts';
+import { type Nbdkit, nbdkitSkipReason, pseudoRandomBytes, startNbdkit } from './fuse-testing.ts';
 import { connectNbd, type NbdConnection } from './nbd-client.ts';
 
 const MiB = 1024 * 1024;
