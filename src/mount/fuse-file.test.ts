@@ -40,3 +40,25 @@ test('mountFuseFile refuses a session that would leave fewer than two pool threa
     return true;
   });
 });
+
+test('mountFuseFile counts a pool thread from the start of a mount, and gives it back when the mount fails', async (t) => {
+  const saved = process.env.UV_THREADPOOL_SIZE;
+  t.after(() => {
+    if (saved === undefined) delete process.env.UV_THREADPOOL_SIZE;
+    else process.env.UV_THREADPOOL_SIZE = saved;
+  });
+  process.env.UV_THREADPOOL_SIZE = '4';
+  // Two mounts under way hold two threads: a third would leave fewer than two free.
+  const first = mountFuseFile('/nonexistent/a/device', source);
+  const second = mountFuseFile('/nonexistent/b/device', source);
+  await assert.rejects(mountFuseFile('/nonexistent/c/device', source), { code: 'unsupported' });
+  // Both fail (no such directory), and give their threads back.
+  for (const mount of [first, second]) {
+    await assert.rejects(mount, (error: unknown) => isErofsOciError(error) && error.code !== 'unsupported');
+  }
+  process.env.UV_THREADPOOL_SIZE = '3';
+  await assert.rejects(
+    mountFuseFile('/nonexistent/d/device', source),
+    (error: unknown) => isErofsOciError(error) && error.code !== 'unsupported',
+  );
+});

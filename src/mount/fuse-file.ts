@@ -129,6 +129,50 @@ export async function mountFuseFile(
       { hint: `set UV_THREADPOOL_SIZE to at least ${FuseSession.active + 1 + FREE_POOL_THREADS}` },
     );
   }
+  // The pool thread is counted from now on, so that mounts started side by side see each other; the
+  // session gives it back when its reading ends, and a mount that fails before it has one, here.
+  FuseSession.active++;
+  let session: FuseSession;
+  try {
+    session = await openSession(mountpoint, file, options, log);
+  } catch (error) {
+    FuseSession.active--;
+    throw error;
+  }
+  const { target } = session;
+  const onAbort = () => {
+    void session
+      .abort()
+      .catch((error: unknown) => log(`Cannot abort FUSE session of ${target}: ${String(error)}`));
+  };
+  signal?.addEventListener('abort', onAbort, { once: true });
+  void session.ended.then(() => signal?.removeEventListener('abort', onAbort));
+  try {
+    // The kernel sends INIT right after mount(2); nothing else is served before it is answered.
+    const protocolMinor = await session.initialized;
+    if (session.connection !== undefined) await raiseReadahead(session.connection, log);
+    return {
+      mountpoint: target,
+      protocolMinor,
+      ended: session.ended,
+      unmount: () => session.unmount(),
+    };
+  } catch (error) {
+    await session.abort().catch(() => {
+      // Already failing: the first error is the one to report.
+    });
+    throw error;
+  }
+}
+
+/** Mounts the FUSE file and starts its session (which then reads requests). */
+async function openSession(
+  mountpoint: string,
+  file: ByteSource,
+  options: MountFuseFileOptions,
+  log: (line: string) => void,
+): Promise<FuseSession> {
+  const { signal } = options;
   const target = await prepareMountpoint(mountpoint);
 
   let fd: number;
@@ -162,30 +206,7 @@ export async function mountFuseFile(
   // the exit hook can use it synchronously.
   const connection = await fuseConnectionOf(target);
   await ensureFusectl(log);
-  const session = new FuseSession(fd, target, connection, file, log);
-  const onAbort = () => {
-    void session
-      .abort()
-      .catch((error: unknown) => log(`Cannot abort FUSE session of ${target}: ${String(error)}`));
-  };
-  signal?.addEventListener('abort', onAbort, { once: true });
-  void session.ended.then(() => signal?.removeEventListener('abort', onAbort));
-  try {
-    // The kernel sends INIT right after mount(2); nothing else is served before it is answered.
-    const protocolMinor = await session.initialized;
-    if (connection !== undefined) await raiseReadahead(connection, log);
-    return {
-      mountpoint: target,
-      protocolMinor,
-      ended: session.ended,
-      unmount: () => session.unmount(),
-    };
-  } catch (error) {
-    await session.abort().catch(() => {
-      // Already failing: the first error is the one to report.
-    });
-    throw error;
-  }
+  return new FuseSession(fd, target, connection, file, log);
 }
 
 /** Resolves the mount point, creating it as an empty file when missing; it must be a regular file. */
@@ -318,7 +339,6 @@ class FuseSession {
     this.ended = new Promise((resolve) => {
       this.#resolveEnded = resolve;
     });
-    FuseSession.active++;
     void this.#readRequests();
     // A process that exits while mounted would hang joining the pool thread blocked in read(2) (libuv joins
     // its threads at exit). Aborting the connection wakes it with ENODEV. This costs nothing: the kernel
@@ -356,6 +376,16 @@ class FuseSession {
     } finally {
       FuseSession.active--;
     }
+  }
+
+  /** The mount point, resolved. */
+  get target(): string {
+    return this.#target;
+  }
+
+  /** The FUSE connection number (under /sys/fs/fuse/connections), when it could be found. */
+  get connection(): number | undefined {
+    return this.#connection;
   }
 
   async unmount(): Promise<void> {
