@@ -23,8 +23,9 @@ export const serveHelp = `Usage: erofs-oci serve [options] SOURCE --listen unix:
 Exports one layer of SOURCE as a read-only NBD device, read lazily with HTTP range requests.
 A read that cannot be served (registry unreachable after retries, see --timeout) fails with EIO; it
 never returns bytes it does not have. Once every block of the blob has been fetched its digest is
-checked; on a mismatch the cache is dropped and every read fails. A registry that ignores Range has
-the blob downloaded once into the cache.
+checked; on a mismatch the cache is dropped and every read fails. Without --cache-dir, blocks fetched
+ahead of that check wait for it in an unlinked file in $TMPDIR (at most 1 GiB). A registry that
+ignores Range has the blob downloaded once into the cache.
 
 Options:
   --listen ADDR       unix:PATH or tcp:HOST:PORT (required)
