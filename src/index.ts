@@ -11,7 +11,7 @@ export {
 } from './build/build.ts';
 export { type ErofsImage, type Inode, openImage as openErofsImage } from './erofs/reader.ts';
 export { type BlockSize, ImageWriter } from './erofs/writer.ts';
-export { type ErrorCode, ErofsOciError, exitStatusFor } from './errors.ts';
+export { ErofsOciError, type ErrorCode, exitStatusFor } from './errors.ts';
 export { TreeBuilder } from './fs-tree/apply.ts';
 export type { Directory, Leaf, Node } from './fs-tree/tree.ts';
 export {

@@ -14,14 +14,14 @@ import {
   isRoot,
   runCli,
   snapshot,
-  tmpdir,
   type TmpDir,
+  tmpdir,
   withMount,
 } from '../../test-support/kernel.ts';
 import { assertSameTree, buildExpected, generateLayers } from '../../test-support/oracle.ts';
 import {
-  registryUnavailableReason,
   type RegistryHandle,
+  registryUnavailableReason,
   skopeo,
   startRegistry,
 } from '../../test-support/registry.ts';

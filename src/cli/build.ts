@@ -6,6 +6,7 @@ import type { BlockSize } from '../erofs/writer.ts';
 import { ErofsOciError } from '../errors.ts';
 import type { ImageSource, LayerDescriptor } from '../oci/index.ts';
 import type { CommandIo } from './io.ts';
+import { formatBytes, Progress } from './progress.ts';
 import {
   isImageReference,
   joinNegativeLayer,
@@ -14,7 +15,6 @@ import {
   registryOptions,
   selectLayers,
 } from './registry-options.ts';
-import { formatBytes, Progress } from './progress.ts';
 
 export const buildHelp = `Usage: erofs-oci build [options] SOURCE... OUTPUT
 

@@ -18,18 +18,18 @@ import {
   nodeBinary,
   runCli,
   snapshot,
-  tmpdir,
   type TmpDir,
+  tmpdir,
   withMount,
 } from '../../test-support/kernel.ts';
 import { assertSameTree, generateLayers } from '../../test-support/oracle.ts';
-import { startFaultProxy } from '../../test-support/registry-fault-proxy.ts';
 import {
-  registryUnavailableReason,
   type RegistryHandle,
+  registryUnavailableReason,
   skopeo,
   startRegistry,
 } from '../../test-support/registry.ts';
+import { startFaultProxy } from '../../test-support/registry-fault-proxy.ts';
 import {
   blobOf,
   type FixtureImage,

@@ -68,6 +68,7 @@ import { ErofsOciError, isErofsOciError, raceAbort, throwIfAborted } from '../er
 import { BlockGrid } from './block-grid.ts';
 import type { ByteSource, Closable, ReadOptions } from './byte-source.ts';
 import { crc32c } from './crc32c.ts';
+import { readFully } from './files.ts';
 import { isProcessAlive as isAlive } from './process.ts';
 
 /**
@@ -1389,17 +1390,7 @@ class DiskCache {
     if (expected === undefined || this.#closed || this.#discarded) return null;
     const bytes = new Uint8Array(length);
     try {
-      let done = 0;
-      while (done < length) {
-        const { bytesRead } = await this.#data.read(
-          bytes,
-          done,
-          length - done,
-          this.#grid.start(block) + done,
-        );
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
+      const done = await readFully(this.#data, bytes, this.#grid.start(block));
       // A temporary file lives as long as this process: no checksums needed for its blocks.
       if (done === length && (this.#paths === null || crc32c(bytes) === expected)) return bytes;
     } catch {
@@ -1552,11 +1543,7 @@ export async function readCachedHead(
   try {
     data = await open(paths.data, 'r');
     const bytes = new Uint8Array(span);
-    for (let done = 0; done < span; ) {
-      const { bytesRead } = await data.read(bytes, done, span - done, done);
-      if (bytesRead === 0) return null;
-      done += bytesRead;
-    }
+    if ((await readFully(data, bytes, 0)) < span) return null;
     for (let block = 0; block <= last; block++) {
       if (crc32c(bytes.subarray(grid.start(block), grid.end(block))) !== checksums.get(block)) return null;
     }

@@ -1,6 +1,6 @@
 /** Small file helpers shared by commands: errors named the way users read them, atomic writes. */
 import { randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ErofsOciError } from '../errors.ts';
 
@@ -16,6 +16,20 @@ export function fileError(action: string, error: unknown): ErofsOciError {
   return new ErofsOciError('io', `${action}: ${(error as Error)?.message ?? String(error)}`, {
     cause: error,
   });
+}
+
+/**
+ * Reads into `buffer` from `position` until it is full or the file ends (pread may return fewer bytes than
+ * asked); resolves with how many bytes it read. What a short read means is the caller's to say.
+ */
+export async function readFully(handle: FileHandle, buffer: Uint8Array, position: number): Promise<number> {
+  let done = 0;
+  while (done < buffer.byteLength) {
+    const { bytesRead } = await handle.read(buffer, done, buffer.byteLength - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return done;
 }
 
 /** A hidden name beside `path` for writing it before it is complete. */

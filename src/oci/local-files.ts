@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, createZstdDecompress } from 'node:zlib';
 import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
+import { readFully } from '../io/files.ts';
 import { readTarIndex, resolveMember, type TarMember } from './tar-index.ts';
 
 export interface FileLocation {
@@ -178,13 +179,8 @@ export async function readLocation(
   }
   try {
     const buffer = Buffer.alloc(length);
-    let done = 0;
-    while (done < length) {
-      const { bytesRead } = await handle.read(buffer, done, length - done, location.offset + offset + done);
-      if (bytesRead === 0)
-        throw new CorruptInputError(`Cannot read ${what}: the file ends early`, offset + done);
-      done += bytesRead;
-    }
+    const done = await readFully(handle, buffer, location.offset + offset);
+    if (done < length) throw new CorruptInputError(`Cannot read ${what}: the file ends early`, offset + done);
     return buffer;
   } finally {
     await handle.close();

@@ -7,6 +7,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
+import { readFully } from '../io/files.ts';
 import { TAR_BLOCK_SIZE, tarHeader } from '../tar/format.ts';
 
 // The header layout is declared once, in src/tar/format.ts; this index only seeks from header to header.
@@ -86,13 +87,9 @@ async function readExactly(
   what: string,
 ): Promise<Uint8Array> {
   const buffer = Buffer.alloc(length);
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
-    if (bytesRead === 0)
-      throw new CorruptInputError(`Cannot read ${what}: the archive ends early`, position + done);
-    done += bytesRead;
-  }
+  const done = await readFully(handle, buffer, position);
+  if (done < length)
+    throw new CorruptInputError(`Cannot read ${what}: the archive ends early`, position + done);
   return buffer;
 }
 
