@@ -9,7 +9,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
-import { mkdtemp, open, rm, rmdir } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, rmdir } from 'node:fs/promises';
 import { tmpdir as osTmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -298,6 +298,17 @@ export interface RunOptions {
 /** Runs `erofs-oci ARGS...` the way a user of the checkout would, with the pinned Node. */
 export function runCli(args: string[], options: RunOptions = {}): Promise<RunResult> {
   return run(nodeBinary, [cliEntry, ...args], options);
+}
+
+/**
+ * Builds a reproducible image of SOURCE (`erofs-oci build --quiet --timestamp 0 --uuid clear SOURCE OUT`)
+ * and resolves with its bytes; rejects with the build's stderr when it fails.
+ */
+export async function buildReproducible(source: string, out: string): Promise<Buffer> {
+  const built = await runCli(['build', '--quiet', '--timestamp', '0', '--uuid', 'clear', source, out]);
+  if (built.status !== 0)
+    throw new Error(`erofs-oci build ${source} exited with ${built.status}: ${built.stderr}`);
+  return readFile(out);
 }
 
 /**

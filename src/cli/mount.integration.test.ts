@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import {
+  buildReproducible,
   check,
   isRoot,
   runCli,
@@ -99,19 +100,7 @@ describe('mount', { skip }, () => {
       const tarPath = join(dir.path, `layer-${i}.tar`);
       await writeFile(tarPath, tar);
       tars.push(tarPath);
-      const erofs = join(dir.path, `layer-${i}.erofs`);
-      const built = await runCli([
-        'build',
-        '--quiet',
-        '--timestamp',
-        '0',
-        '--uuid',
-        'clear',
-        `tar:${tarPath}`,
-        erofs,
-      ]);
-      assert.equal(built.status, 0, built.stderr);
-      const bytes = await readFile(erofs);
+      const bytes = await buildReproducible(`tar:${tarPath}`, join(dir.path, `layer-${i}.erofs`));
       layers.push({ mediaType: 'application/vnd.erofs.layer.v1', bytes, diffId: `sha256:${sha256(bytes)}` });
     }
     // A fourth, gzip tar layer for the hybrid mount.

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import {
+  buildReproducible,
   check,
   cliEntry,
   findExecutable,
@@ -125,18 +126,7 @@ describe('serve', { skip }, () => {
     tarBytes = await readFile(layer as string);
     gzipBytes = gzipSync(tarBytes);
     const erofsPath = join(dir.path, 'layer.erofs');
-    const built = await runCli([
-      'build',
-      '--quiet',
-      '--timestamp',
-      '0',
-      '--uuid',
-      'clear',
-      `tar:${layer}`,
-      erofsPath,
-    ]);
-    assert.equal(built.status, 0, built.stderr);
-    erofsBytes = await readFile(erofsPath);
+    erofsBytes = await buildReproducible(`tar:${layer}`, erofsPath);
     await withMount(erofsPath, async (mnt) => {
       expectedTree = await snapshot(mnt);
     });
@@ -189,19 +179,7 @@ describe('serve', { skip }, () => {
       await mkdir(join(tree, `d${d}`));
       for (let f = 0; f < 30; f++) await writeFile(join(tree, `d${d}`, `f${f}`), `file ${d}/${f}\n`);
     }
-    const image = join(dir.path, 'anchored.erofs');
-    const built = await runCli([
-      'build',
-      '--quiet',
-      '--timestamp',
-      '0',
-      '--uuid',
-      'clear',
-      `dir:${tree}`,
-      image,
-    ]);
-    assert.equal(built.status, 0, built.stderr);
-    const bytes = await readFile(image);
+    const bytes = await buildReproducible(`dir:${tree}`, join(dir.path, 'anchored.erofs'));
     // meta_blkaddr (superblock at 1024, field at byte 40) in 4 KiB blocks.
     const metaStart = bytes.readUInt32LE(1024 + 40) * 4096;
     assert.ok(metaStart > 2 ** 20 && metaStart % 2 ** 20 !== 0, `metadata at ${metaStart}`);

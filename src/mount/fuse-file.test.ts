@@ -1,7 +1,16 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { isErofsOciError } from '../errors.ts';
 import { mountFuseFile, threadPoolSize } from './fuse-file.ts';
+
+/** The tests set UV_THREADPOOL_SIZE (read by the code under test, not by libuv: its pool is running). */
+function restorePoolSizeAfter(t: TestContext): void {
+  const saved = process.env.UV_THREADPOOL_SIZE;
+  t.after(() => {
+    if (saved === undefined) delete process.env.UV_THREADPOOL_SIZE;
+    else process.env.UV_THREADPOOL_SIZE = saved;
+  });
+}
 
 const source = {
   size: 1,
@@ -9,11 +18,7 @@ const source = {
 };
 
 test('threadPoolSize reads UV_THREADPOOL_SIZE as libuv does: default 4, at most 1024', (t) => {
-  const saved = process.env.UV_THREADPOOL_SIZE;
-  t.after(() => {
-    if (saved === undefined) delete process.env.UV_THREADPOOL_SIZE;
-    else process.env.UV_THREADPOOL_SIZE = saved;
-  });
+  restorePoolSizeAfter(t);
   delete process.env.UV_THREADPOOL_SIZE;
   assert.equal(threadPoolSize(), 4);
   for (const [value, size] of [
@@ -28,11 +33,7 @@ test('threadPoolSize reads UV_THREADPOOL_SIZE as libuv does: default 4, at most 
 });
 
 test('mountFuseFile refuses a session that would leave fewer than two pool threads, and says what to set', async (t) => {
-  const saved = process.env.UV_THREADPOOL_SIZE;
-  t.after(() => {
-    if (saved === undefined) delete process.env.UV_THREADPOOL_SIZE;
-    else process.env.UV_THREADPOOL_SIZE = saved;
-  });
+  restorePoolSizeAfter(t);
   process.env.UV_THREADPOOL_SIZE = '2';
   await assert.rejects(mountFuseFile('/nonexistent/device', source), (error: unknown) => {
     assert.ok(isErofsOciError(error, 'unsupported'), String(error));
@@ -42,11 +43,7 @@ test('mountFuseFile refuses a session that would leave fewer than two pool threa
 });
 
 test('mountFuseFile counts a pool thread from the start of a mount, and gives it back when the mount fails', async (t) => {
-  const saved = process.env.UV_THREADPOOL_SIZE;
-  t.after(() => {
-    if (saved === undefined) delete process.env.UV_THREADPOOL_SIZE;
-    else process.env.UV_THREADPOOL_SIZE = saved;
-  });
+  restorePoolSizeAfter(t);
   process.env.UV_THREADPOOL_SIZE = '4';
   // Two mounts under way hold two threads: a third would leave fewer than two free.
   const first = mountFuseFile('/nonexistent/a/device', source);
