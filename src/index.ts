@@ -8,7 +8,7 @@ export {
   type BuildSource,
   type BuildSummary,
   build,
-} from './build/build.ts';
+} from './builder/build.ts';
 export { type ErofsImage, type Inode, openImage as openErofsImage } from './erofs/reader.ts';
 export { type BlockSize, ImageWriter } from './erofs/writer.ts';
 export { ErofsOciError, type ErrorCode, exitStatusFor } from './errors.ts';

@@ -1,7 +1,7 @@
 /** `erofs-oci build [options] SOURCE... OUTPUT` */
 import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { type BuildSource, type BuildSummary, build, sourceName } from '../build/build.ts';
+import { type BuildSource, type BuildSummary, build, sourceName } from '../builder/build.ts';
 import type { BlockSize } from '../erofs/writer.ts';
 import { ErofsOciError } from '../errors.ts';
 import type { ImageSource, LayerDescriptor } from '../oci/index.ts';
