@@ -2,7 +2,7 @@
  * `npm run bench`: measures erofs-oci against baselines in the same run and prints ratios.
  *
  * build: MB/s of `erofs-oci build tar:…` on a ≥ 500 MB uncompressed layer (≥ 20k small files and large
- * files), next to `cat` of the same tar and, when MKFS_EROFS points to an erofs-utils 1.9 mkfs.erofs
+ * files), next to `cat` of the same tar and, when EROFS_UTILS_BIN holds an erofs-utils 1.9 mkfs.erofs
  * (built locally from its public source, never committed), `mkfs.erofs --tar=f`. Peak RSS of each.
  *
  * serve: `erofs-oci serve` against `nbdkit curl` and plain `curl` on blobs in a local registry (see
@@ -15,12 +15,13 @@
  * last results of every suite: a run replaces the entries of the suites it ran.
  *
  * Environment: BENCH_DIR (default /tmp/erofs-oci-bench) holds generated inputs between runs;
- * BENCH_SMALL_FILES, BENCH_LARGE_FILES, BENCH_LARGE_MIB size the layer; MKFS_EROFS as above.
+ * BENCH_SMALL_FILES, BENCH_LARGE_FILES, BENCH_LARGE_MIB size the layer; EROFS_UTILS_BIN as above.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { mkfsErofs19 } from '../test-support/kernel.ts';
 import { benchMount } from './mount.ts';
 import { benchServe } from './serve.ts';
 
@@ -100,7 +101,7 @@ function benchBuild(): void {
     ['cat tar > /dev/null', cat],
     ['erofs-oci build tar:', ours],
   ];
-  const mkfs = process.env.MKFS_EROFS;
+  const mkfs = mkfsErofs19();
   let theirs: Measurement | undefined;
   if (mkfs) {
     const theirsOut = join(benchDir, 'out-mkfs.erofs');
@@ -123,7 +124,7 @@ function benchBuild(): void {
   results.build = { ...entries, cat, ours, mkfs: theirs ?? null, ratios };
   rows.push([
     'build',
-    `ratios: ${(ratios.oursVsCat as number).toFixed(2)}× cat${theirs ? `, ${(ratios.oursVsMkfs as number).toFixed(2)}× mkfs.erofs` : ' (MKFS_EROFS not set)'}`,
+    `ratios: ${(ratios.oursVsCat as number).toFixed(2)}× cat${theirs ? `, ${(ratios.oursVsMkfs as number).toFixed(2)}× mkfs.erofs` : ' (EROFS_UTILS_BIN not set)'}`,
     '',
     '',
     '',

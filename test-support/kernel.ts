@@ -7,7 +7,7 @@
  * then on `$PATH`. Debian 12 ships 1.5, whose fsck/dump refuse images with 512-byte blocks; callers ask
  * `fsckSkipReason` first and report the reason instead of failing.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { mkdtemp, open, readFile, rm, rmdir } from 'node:fs/promises';
 import { tmpdir as osTmpdir } from 'node:os';
@@ -34,6 +34,22 @@ export function findExecutable(name: string): string | null {
     if (isExecutable(candidate)) return candidate;
   }
   return null;
+}
+
+/**
+ * `mkfs.erofs` of erofs-utils 1.9 or newer from `$EROFS_UTILS_BIN` (the one variable that points the tests and
+ * the bench at a local build; Debian 12's 1.5 has no `--oci`, `--gzinfo` or deflate/zstd), or null.
+ */
+export function mkfsErofs19(): string | null {
+  const dir = process.env.EROFS_UTILS_BIN;
+  if (!dir) return null;
+  const mkfs = join(dir, 'mkfs.erofs');
+  if (!isExecutable(mkfs)) return null;
+  const result = spawnSync(mkfs, ['--version'], { encoding: 'utf8' });
+  const match = /(\d+)\.(\d+)/.exec(`${result.stdout}${result.stderr}`);
+  if (!match) return null;
+  const [major, minor] = [Number(match[1]), Number(match[2])];
+  return major > 1 || (major === 1 && minor >= 9) ? mkfs : null;
 }
 
 export interface ErofsUtils {

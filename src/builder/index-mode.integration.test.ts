@@ -10,7 +10,16 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { describe, it } from 'node:test';
 import { gunzipSync } from 'node:zlib';
-import { check, erofsUtils, isRoot, runCli, snapshot, tmpdir, withMount } from '../../test-support/kernel.ts';
+import {
+  check,
+  erofsUtils,
+  isRoot,
+  mkfsErofs19,
+  runCli,
+  snapshot,
+  tmpdir,
+  withMount,
+} from '../../test-support/kernel.ts';
 import { assertSameTree, buildExpected, generateLayers, type LayerSet } from '../../test-support/oracle.ts';
 
 const skip = isRoot() ? false : 'needs root to mount images';
@@ -24,7 +33,7 @@ async function concatenate(out: string, parts: string[]): Promise<void> {
   );
 }
 
-const mkfs19 = process.env.MKFS_EROFS;
+const mkfs19 = mkfsErofs19();
 
 describe('build --mode index', { skip }, () => {
   for (const set of ['everything', 'overlay', 'sizes'] as LayerSet[]) {

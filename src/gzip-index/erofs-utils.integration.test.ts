@@ -1,17 +1,18 @@
 /**
  * Interoperability with erofs-utils 1.9 (the reference implementation of SPEC §3's zinfo): its
  * `mkfs.erofs --tar=i --gzinfo=FILE` index and ours agree checkpoint by checkpoint, and our reader serves
- * the right bytes from its index. Needs a locally built erofs-utils 1.9: set EROFS_UTILS_19 to the built
- * source tree (uses mkfs/mkfs.erofs in it) or MKFS_EROFS to the mkfs.erofs binary. The gzip files are made
+ * the right bytes from its index. Needs a locally built erofs-utils 1.9: set EROFS_UTILS_BIN to the
+ * directory of its binaries (test-support/kernel.ts mkfsErofs19). The gzip files are made
  * by GNU gzip, not zlib, so the scanner also meets a second deflate encoder here.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { gunzipSync } from 'node:zlib';
+import { mkfsErofs19 } from '../../test-support/kernel.ts';
 import { openFileSource } from '../io/file-source.ts';
 import { buildZinfo } from './builder.ts';
 import { DeflateScanner } from './deflate-scanner.ts';
@@ -19,19 +20,8 @@ import { chunked, concat, testData } from './testing.ts';
 import { decodeZinfo, WINDOW_SIZE, type Zinfo } from './zinfo.ts';
 import { openZinfoSource } from './zinfo-source.ts';
 
-function findMkfs(): string | undefined {
-  if (process.env.MKFS_EROFS) return process.env.MKFS_EROFS;
-  if (process.env.EROFS_UTILS_19) return join(process.env.EROFS_UTILS_19, 'mkfs', 'mkfs.erofs');
-  return undefined;
-}
-
-const mkfs = findMkfs();
-const skip =
-  mkfs === undefined
-    ? 'set EROFS_UTILS_19=/path/to/built/erofs-utils-1.9 or MKFS_EROFS=/path/to/mkfs.erofs to run'
-    : !existsSync(mkfs)
-      ? `${mkfs} does not exist`
-      : false;
+const mkfs = mkfsErofs19() ?? undefined;
+const skip = mkfs === undefined ? 'set EROFS_UTILS_BIN to a directory with erofs-utils 1.9+ to run' : false;
 
 const dir = mkdtempSync(join(tmpdir(), 'erofs-oci-gzinfo-interop-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

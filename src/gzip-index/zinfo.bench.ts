@@ -1,7 +1,7 @@
 /**
  * Throughput of the zinfo builder and reader on one gzip file, next to the baselines they compete with.
  * Usage: node src/gzip-index/zinfo.bench.ts FILE.gz [REPEATS]
- * Optional: MKFS_EROFS=/path/to/mkfs.erofs (erofs-utils 1.9, built locally) adds `mkfs.erofs --tar=i
+ * Optional: EROFS_UTILS_BIN=/path/to/erofs-utils-1.9/bin (built locally) adds `mkfs.erofs --tar=i
  * --gzinfo`, which must also parse the tar. Each line gives the best wall time of REPEATS runs (default 3;
  * the machine may be shared) and the CPU seconds of that run, all threads counted. MB/s are of
  * uncompressed output. The results are quoted in docs/gzip-index.md.
@@ -11,6 +11,7 @@ import { createReadStream, mkdtempSync, readFileSync, rmSync, statSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createGunzip } from 'node:zlib';
+import { mkfsErofs19 } from '../../test-support/kernel.ts';
 import { openFileSource } from '../io/file-source.ts';
 import { buildZinfo } from './builder.ts';
 import { DeflateScanner } from './deflate-scanner.ts';
@@ -99,18 +100,13 @@ report(
   }),
 );
 
-if (process.env.MKFS_EROFS) {
+const mkfs = mkfsErofs19();
+if (mkfs) {
   const work = mkdtempSync(join(tmpdir(), 'zinfo-bench-'));
   try {
     report(
       'mkfs.erofs --tar=i --gzinfo (parses the tar too)',
-      external(process.env.MKFS_EROFS, [
-        '--quiet',
-        '--tar=i',
-        `--gzinfo=${join(work, 'z')}`,
-        join(work, 'img'),
-        file,
-      ]),
+      external(mkfs, ['--quiet', '--tar=i', `--gzinfo=${join(work, 'z')}`, join(work, 'img'), file]),
     );
     const same = Buffer.compare(
       readFileSync(join(work, 'z')),
