@@ -3,12 +3,20 @@ import { parseArgs } from 'node:util';
 import { MEDIA_TYPE_EROFS, MEDIA_TYPE_EROFS_LAYER_V1 } from '../chunk-index/index.ts';
 import { ErofsOciError } from '../errors.ts';
 import { parseSourceReference } from '../oci/index.ts';
+import { PushClient } from '../oci/push.ts';
+import type { ImageSink } from '../publish/convert.ts';
+import { RegistrySink } from '../publish/registry-sink.ts';
 import { type ConvertSummary, convertImage, DEFAULT_CHUNK_SIZE } from '../publish/convert.ts';
 import { LayoutSink } from '../publish/layout-sink.ts';
 import { parseBlockSize, parseTimestamp, parseUuid } from './build.ts';
 import type { CommandIo } from './io.ts';
 import { Progress } from './progress.ts';
-import { openImageFromOptions, registryHelp, registryOptions } from './registry-options.ts';
+import {
+  openImageFromOptions,
+  type RegistryValues,
+  registryHelp,
+  registryOptions,
+} from './registry-options.ts';
 
 export const convertHelp = `Usage: erofs-oci convert [options] SOURCE DEST
 
@@ -17,6 +25,9 @@ erofs/erofs-image-spec draft: one EROFS layer per source layer, in overlay form 
 each with an embedded chunk index (SHA-256 per chunk). The same SOURCE gives the same manifest digest.
 
 Destinations:
+  [docker://]HOST[:PORT]/REPO[:TAG]  push to a registry: blobs there are skipped, blobs in the source's
+                      repository on the same registry are mounted, uploads are chunked and resumed;
+                      the manifest goes last, so the tag never names a missing blob
   oci:DIR[:TAG]       an OCI image layout directory (created when missing; index.json written last)
 
 Options:
@@ -81,8 +92,10 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
       ? DEFAULT_CHUNK_SIZE
       : parsePositive(values['chunk-size'], '--chunk-size');
   const concurrency = values.jobs === undefined ? 2 : parsePositive(values.jobs, '--jobs');
-  const sink = parseDestination(destArg);
-  const image = await openImageFromOptions(sourceArg, values, io);
+  let password: string | undefined;
+  if (values['password-stdin']) password = (await readAll(io.stdin)).replace(/\r?\n$/, '');
+  const sink = await openDestination(destArg, sourceArg, values, password, io);
+  const image = await openImageFromOptions(sourceArg, { ...values, password }, io);
   try {
     const layers = await image.layers({ signal: io.signal });
     const progress =
@@ -107,6 +120,7 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
     report(summary, destArg, values, io);
   } finally {
     await image.close();
+    await sink.close();
   }
   return 0;
 }
@@ -134,15 +148,51 @@ function report(
   }
 }
 
-function parseDestination(dest: string): LayoutSink {
-  if (!dest.startsWith('oci:')) {
-    throw new ErofsOciError('unsupported', `destination ${dest}: only oci:DIR[:TAG] is implemented so far`);
-  }
+async function readAll(stream: AsyncIterable<Uint8Array>): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function openDestination(
+  dest: string,
+  source: string,
+  values: RegistryValues,
+  password: string | undefined,
+  io: CommandIo,
+): Promise<ImageSink & { close(): Promise<void> }> {
   const reference = parseSourceReference(dest);
-  if (reference.kind !== 'oci' || reference.digest !== undefined) {
-    throw new ErofsOciError('usage', `destination ${dest} must be oci:DIR[:TAG]`);
+  if (reference.kind === 'oci' && reference.digest === undefined) {
+    const sink = new LayoutSink(reference.path, reference.tag);
+    return Object.assign(sink, { close: async () => {} });
   }
-  return new LayoutSink(reference.path, reference.tag);
+  if (reference.kind !== 'registry' || reference.digest !== undefined) {
+    throw new ErofsOciError(
+      'usage',
+      `destination ${dest} must be [docker://]HOST/REPO[:TAG] or oci:DIR[:TAG]`,
+    );
+  }
+  let mountFrom: string | undefined;
+  try {
+    const from = parseSourceReference(source);
+    if (from.kind === 'registry' && from.registry === reference.registry) mountFrom = from.repository;
+  } catch {
+    // a source that is not a reference has nothing to mount from
+  }
+  const client = await PushClient.open(reference.registry, reference.repository, {
+    auth: {
+      ...(values.authfile === undefined ? {} : { authFile: values.authfile }),
+      ...(values.username === undefined ? {} : { username: values.username }),
+      ...(password === undefined ? {} : { password }),
+    },
+    insecure: values.insecure ?? false,
+    ...(values['ca-file'] === undefined ? {} : { caFile: values['ca-file'] }),
+    ...(values.timeout === undefined ? {} : { timeoutMs: Number(values.timeout) * 1000 }),
+    mountFrom,
+    signal: io.signal,
+  });
+  const sink = new RegistrySink(client, reference.tag);
+  return Object.assign(sink, { close: () => client.close() });
 }
 
 export function parseCompress(value: string): number {

@@ -22,12 +22,17 @@ import {
   withMount,
 } from '../../test-support/kernel.ts';
 import { assertSameTree, buildExpected, generateLayers } from '../../test-support/oracle.ts';
-import { skopeo } from '../../test-support/registry.ts';
+import {
+  type RegistryHandle,
+  registryUnavailableReason,
+  skopeo,
+  startRegistry,
+} from '../../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../../test-support/registry-fixtures.ts';
 import { locateChunk, readChunk, readEmbeddedChunkIndex } from '../chunk-index/index.ts';
 import { memorySource } from '../io/memory-source.ts';
 
-const skip = !isRoot() ? 'needs root to mount images' : undefined;
+const skip = !isRoot() ? 'needs root to mount images' : registryUnavailableReason();
 
 interface Summary {
   manifest: string;
@@ -81,6 +86,7 @@ describe('convert into OCI layouts', { skip }, () => {
   let layout: string;
   let expected: Awaited<ReturnType<typeof snapshot>>;
   let implicitDirs: string[];
+  let registry: RegistryHandle;
 
   before(async () => {
     dir = await tmpdir();
@@ -99,14 +105,26 @@ describe('convert into OCI layouts', { skip }, () => {
     const expectedDir = join(dir.path, 'expected');
     ({ implicitDirs } = await buildExpected(expectedDir, layers, 'merged'));
     expected = await snapshot(expectedDir);
+    registry = await startRegistry({ storageDir: join(dir.path, 'storage') });
+    await skopeo([
+      'copy',
+      '--dest-tls-verify=false',
+      `oci:${layout}:v1`,
+      `docker://${registry.host}/test/src:v1`,
+    ]);
   });
 
   after(async () => {
+    await registry?.stop();
     await dir?.cleanup();
   });
 
   async function convert(dest: string, ...options: string[]) {
-    const result = await runCli(['convert', '--quiet', '--json', ...options, `oci:${layout}:v1`, dest]);
+    return convertFrom(`oci:${layout}:v1`, dest, ...options);
+  }
+
+  async function convertFrom(source: string, dest: string, ...options: string[]) {
+    const result = await runCli(['convert', '--quiet', '--json', ...options, source, dest]);
     assert.equal(result.status, 0, result.stderr);
     return JSON.parse(result.stdout) as Summary;
   }
@@ -114,6 +132,8 @@ describe('convert into OCI layouts', { skip }, () => {
   async function checkLayout(out: string, summary: Summary, zstd: boolean) {
     // skopeo reads the layout and copies it, checking every digest
     const raw = JSON.parse(await skopeo(['inspect', '--raw', `oci:${out}:erofs`])) as Manifest;
+    if (!summary.manifest)
+      summary.manifest = JSON.parse(await readFile(join(out, 'index.json'), 'utf8')).manifests[0].digest;
     const manifestBytes = await readFile(await blobPath(out, summary.manifest));
     assert.equal(`sha256:${createHash('sha256').update(manifestBytes).digest('hex')}`, summary.manifest);
     await skopeo(['copy', `oci:${out}:erofs`, `oci:${join(dir.path, `copy-${Math.random()}`)}:x`]);
@@ -192,5 +212,40 @@ describe('convert into OCI layouts', { skip }, () => {
     const result = await runCli(['convert', '--quiet', `oci:${broken}:v1`, `oci:${out}:erofs`]);
     assert.equal(result.status, 5, result.stderr);
     await assert.rejects(readFile(join(out, 'index.json')), 'no index.json names a half-converted image');
+  });
+
+  it('pushes to a registry: skopeo copies it back, every layer and the overlay check out; again: nothing uploaded', async () => {
+    const src = `${registry.host}/test/src:v1`;
+    const dest = `${registry.host}/test/src:erofs`;
+    const summary = await convertFrom(src, dest, '--insecure', '--compress', 'zstd');
+    assert.ok(
+      summary.layers.every((l) => l.transfer === 'uploaded'),
+      JSON.stringify(summary.layers),
+    );
+    const raw = await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${dest}`]);
+    assert.equal(`sha256:${createHash('sha256').update(raw).digest('hex')}`, summary.manifest);
+    const copy = join(dir.path, 'pulled');
+    await skopeo(['copy', '--src-tls-verify=false', `docker://${dest}`, `oci:${copy}:erofs`]);
+    await checkLayout(copy, { ...summary, manifest: '' }, true);
+    const again = await convertFrom(src, dest, '--insecure', '--compress', 'zstd');
+    assert.equal(again.manifest, summary.manifest);
+    assert.ok(
+      again.layers.every((l) => l.transfer === 'exists'),
+      JSON.stringify(again.layers),
+    );
+    // into another repository of the same registry: every blob is mounted from the source repository
+    const other = await convertFrom(
+      src,
+      `${registry.host}/test/other:erofs`,
+      '--insecure',
+      '--compress',
+      'zstd',
+    );
+    assert.equal(other.manifest, summary.manifest);
+    assert.ok(
+      other.layers.every((l) => l.transfer === 'mounted'),
+      JSON.stringify(other.layers),
+    );
+    await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${registry.host}/test/other:erofs`]);
   });
 });
