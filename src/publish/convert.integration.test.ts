@@ -28,6 +28,7 @@ import {
   skopeo,
   startRegistry,
 } from '../../test-support/registry.ts';
+import { startFaultProxy } from '../../test-support/registry-fault-proxy.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../../test-support/registry-fixtures.ts';
 import { locateChunk, readChunk, readEmbeddedChunkIndex } from '../chunk-index/index.ts';
 import { memorySource } from '../io/memory-source.ts';
@@ -247,5 +248,19 @@ describe('convert into OCI layouts', { skip }, () => {
       JSON.stringify(other.layers),
     );
     await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${registry.host}/test/other:erofs`]);
+  });
+
+  it('push refused (401) is exit 4 and no tag is written', async () => {
+    const proxy = await startFaultProxy(registry.url);
+    try {
+      proxy.addRule({ path: /\/blobs\/uploads\//, method: 'POST', fault: { kind: 'status', status: 401 } });
+      const dest = `${proxy.host}/test/denied:erofs`;
+      const result = await runCli(['convert', '--quiet', '--insecure', `oci:${layout}:v1`, dest]);
+      assert.equal(result.status, 4, result.stderr);
+      const tag = await fetch(`${registry.url}/v2/test/denied/manifests/erofs`, { method: 'HEAD' });
+      assert.equal(tag.status, 404, 'no tag names the half-pushed image');
+    } finally {
+      await proxy.stop();
+    }
   });
 });
