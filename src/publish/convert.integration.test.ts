@@ -263,4 +263,20 @@ describe('convert into OCI layouts', { skip }, () => {
       await proxy.stop();
     }
   });
+
+  it('erofs-oci mount of the pushed (raw) image equals the source', async () => {
+    const dest = `${registry.host}/test/src:erofs-raw`;
+    await convertFrom(`${registry.host}/test/src:v1`, dest, '--insecure');
+    const env = { ...process.env, EROFS_OCI_STATE_DIR: join(dir.path, 'state') };
+    const mnt = join(dir.path, 'mnt');
+    await mkdir(mnt);
+    const mounted = await runCli(['mount', '--insecure', dest, mnt], { env });
+    assert.equal(mounted.status, 0, mounted.stderr);
+    try {
+      assertSameTree(expected, await snapshot(mnt), { loosePaths: implicitDirs, ignoreRoot: true });
+    } finally {
+      const unmounted = await runCli(['umount', mnt], { env });
+      assert.equal(unmounted.status, 0, unmounted.stderr);
+    }
+  });
 });
