@@ -202,10 +202,12 @@ export class PushClient {
     let offset = 0;
     let failures = 0;
     let lastFailure: unknown;
+    // One buffer for every chunk read from a file: each PATCH completes before the next read.
+    const buffer = bytes.kind === 'file' ? Buffer.allocUnsafe(Math.min(this.#chunkSize, size)) : undefined;
     while (offset < size) {
       throwIfAborted(signal);
       const length = Math.min(this.#chunkSize, size - offset);
-      const chunk = await readBytes(bytes, offset, length);
+      const chunk = await readBytes(bytes, offset, length, buffer);
       let response: HttpResponse | undefined;
       try {
         response = await this.#request(
@@ -318,9 +320,14 @@ function rangeEnd(value: string | undefined): number | undefined {
   return m ? Number(m[1]) + 1 : undefined;
 }
 
-async function readBytes(bytes: BlobBytes, offset: number, length: number): Promise<Uint8Array> {
+async function readBytes(
+  bytes: BlobBytes,
+  offset: number,
+  length: number,
+  into: Buffer | undefined,
+): Promise<Uint8Array> {
   if (bytes.kind === 'bytes') return bytes.bytes.subarray(offset, offset + length);
-  const buffer = Buffer.allocUnsafe(length);
+  const buffer = (into ?? Buffer.allocUnsafe(length)).subarray(0, length);
   const read = await readFully(bytes.handle, buffer, offset);
   if (read !== length)
     throw new ErofsOciError('io', `blob file ended at ${offset + read}, expected ${offset + length}`);

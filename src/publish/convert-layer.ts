@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, rm } from 'node:fs/promises';
+import { appendFile, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { build } from '../builder/build.ts';
 import { ChunkedLayerEncoder, type ChunkedLayer } from '../chunk-index/index.ts';
@@ -73,14 +73,23 @@ export async function convertLayer(
       zstdLevel: options.zstdLevel,
       signal: options.signal,
     });
-    const out = await open(blobPath, 'w', 0o600).catch((error) => {
-      throw fileError(`Cannot create ${blobPath}`, error);
-    });
-    try {
-      const image = createReadStream(erofsPath, { highWaterMark: 1 << 20, signal: options.signal });
-      for await (const bytes of encoder.encode(image)) await out.write(bytes);
-    } finally {
-      await out.close();
+    const imageData = createReadStream(erofsPath, { highWaterMark: 1 << 20, signal: options.signal });
+    if (options.zstdLevel === undefined) {
+      // Raw: the blob is the image with the index after it; append the index to the image file instead of
+      // copying the image (the encoder's last output is the index, the rest is the image passed through).
+      let last: Uint8Array | undefined;
+      for await (const bytes of encoder.encode(imageData)) last = bytes;
+      await appendFile(erofsPath, last as Uint8Array);
+      await rename(erofsPath, blobPath);
+    } else {
+      const out = await open(blobPath, 'w', 0o600).catch((error) => {
+        throw fileError(`Cannot create ${blobPath}`, error);
+      });
+      try {
+        for await (const bytes of encoder.encode(imageData)) await out.write(bytes);
+      } finally {
+        await out.close();
+      }
     }
     return { ...encoder.result, source: layer, path: blobPath };
   } catch (error) {
