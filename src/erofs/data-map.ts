@@ -19,6 +19,11 @@ import {
 } from './format.ts';
 import type { ImageContext } from './image-context.ts';
 import type { Inode } from './inode.ts';
+import { readCompressed } from './compressed-data.ts';
+
+export function isCompressed(inode: Inode): boolean {
+  return inode.layout === DataLayout.compressedFull || inode.layout === DataLayout.compressedCompact;
+}
 
 /** Where a stretch of file data lives. */
 export type Extent =
@@ -35,12 +40,7 @@ export async function readData(
   options: ReadOptions,
 ): Promise<Uint8Array> {
   throwIfAborted(options.signal);
-  if (inode.layout === DataLayout.compressedFull || inode.layout === DataLayout.compressedCompact) {
-    throw new ErofsOciError(
-      'unsupported',
-      `Cannot read inode ${inode.nid}: compressed data (layout ${inode.layout}) is not supported`,
-    );
-  }
+  if (isCompressed(inode)) return readCompressed(ctx, inode, offset, length, options, readData);
   const out = new Uint8Array(length);
   let at = offset;
   const end = offset + length;
@@ -219,6 +219,7 @@ export async function positionOf(
   logical: number,
   options: ReadOptions,
 ): Promise<number> {
+  if (isCompressed(inode)) return 0;
   const [extent] = await mapExtents(ctx, inode, logical, logical + 1, options);
   if (extent === undefined || extent.kind === 'hole') return 0;
   return extent.position + (logical - extent.logical);

@@ -25,7 +25,7 @@ export async function readDirectory(
   if (inode.type !== 'dir') {
     throw new ErofsOciError('usage', `Cannot list inode ${nid}: it is a ${inode.type}, not a directory`);
   }
-  if (inode.layout !== DataLayout.flatPlain && inode.layout !== DataLayout.flatInline) {
+  if (inode.layout === DataLayout.chunkBased) {
     throw new ErofsOciError(
       'unsupported',
       `Cannot list directory inode ${nid}: data layout ${inode.layout} is not supported`,

@@ -13,6 +13,9 @@ import {
   EROFS_SUPER_MAGIC_V1,
   EROFS_SUPER_OFFSET,
   FEATURE_COMPAT_SB_CHKSUM,
+  FEATURE_INCOMPAT_COMPR_CFGS,
+  FEATURE_INCOMPAT_FRAGMENTS,
+  FEATURE_INCOMPAT_ZERO_PADDING,
   FEATURE_INCOMPAT_48BIT,
   FEATURE_INCOMPAT_DEVICE_TABLE,
   FEATURE_INCOMPAT_METABOX,
@@ -71,6 +74,10 @@ export interface SuperblockInfo {
   /** The stored checksum when the `sb_csum` feature is on (it was verified), else null. */
   checksum: number | null;
   devices: DeviceInfo[];
+  /** Bitmap of the compression algorithms files may use (`1 << CompressionAlg`); 0 in uncompressed images. */
+  comprAlgs: number;
+  /** nid of the packed inode that holds fragments (FEATURE_INCOMPAT_FRAGMENTS), else null. */
+  packedNid: number | null;
 }
 
 /**
@@ -205,7 +212,22 @@ export async function readSuperblock(
     features,
     checksum,
     devices: [],
+    // Without COMPR_CFGS the field is lz4_max_distance and LZ4 is the only algorithm (erofs-utils
+    // z_erofs_load_lz4_config).
+    comprAlgs:
+      sb.featureIncompat & FEATURE_INCOMPAT_COMPR_CFGS
+        ? sb.availableComprAlgs
+        : sb.featureIncompat & FEATURE_INCOMPAT_ZERO_PADDING || sb.availableComprAlgs !== 0
+          ? 1
+          : 0,
+    packedNid: sb.featureIncompat & FEATURE_INCOMPAT_FRAGMENTS ? sb.packedNid : null,
   };
+  if (info.comprAlgs & ~0xf) {
+    throw new ErofsOciError(
+      'unsupported',
+      `Cannot open EROFS image: unknown compression algorithms ${hex(info.comprAlgs & ~0xf)}`,
+    );
+  }
   return { info, deviceTable: { extraDevices: sb.extraDevices, devtSlotoff: sb.devtSlotoff } };
 }
 
