@@ -5,11 +5,12 @@
  *
  * Trust nothing: every offset, length and count read from the image is checked before use, and every
  * inconsistency is a `CorruptInputError` naming the structure (inode, directory block, chunk) and its byte
- * offset. Features we do not implement (long xattr prefixes, metabox) are `unsupported`.
+ * offset. Features we do not implement (long xattr prefixes, metabox, lzma pclusters) are `unsupported`.
  *
  * This module is the facade; each concern has its own file: superblock.ts (superblock, features, device
  * table), image-context.ts (the source and its metadata block cache), inode.ts, xattr-reader.ts,
- * data-map.ts (where data lives, reading it), directory.ts (dirents).
+ * data-map.ts (where data lives, reading it), zmap.ts + compressed-data.ts + decompress.ts (compressed files),
+ * directory.ts (dirents).
  */
 import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type ByteString, displayName, toByteString } from '../fs-tree/tree.ts';
