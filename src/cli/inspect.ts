@@ -29,7 +29,7 @@ Shows an EROFS image with erofs-oci's own reader (no mount, no root needed).
 Without PATH: the superblock (block size, UUID, label, build time, inode and
 block counts, features, devices). With PATH: the listing of a directory, or
 the metadata and extended attributes of anything else. Symlinks in PATH are
-not followed.
+not followed. Compressed images (lz4, lz4hc, deflate, zstd) are read too.
 
 Options:
   --json              print the same as one JSON object

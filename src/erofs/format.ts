@@ -238,3 +238,87 @@ export function encodeDev(major: number, minor: number): number {
 export function decodeDev(rdev: number): { major: number; minor: number } {
   return { major: (rdev & 0xfff00) >>> 8, minor: (rdev & 0xff) | ((rdev >>> 12) & 0xfff00) };
 }
+
+// --- Compressed files (include/erofs_fs.h "z_erofs"; Linux Documentation/filesystems/erofs.rst) ---
+
+/** `EROFS_FEATURE_INCOMPAT_LZ4_0PADDING`: compressed data is right-aligned in its pcluster, zeros first. */
+export const FEATURE_INCOMPAT_ZERO_PADDING = 0x1;
+/** `EROFS_FEATURE_INCOMPAT_COMPR_CFGS`: `availableComprAlgs` holds a bitmap, configs follow the superblock. */
+export const FEATURE_INCOMPAT_COMPR_CFGS = 0x2;
+export const FEATURE_INCOMPAT_ZTAILPACKING = 0x10;
+export const FEATURE_INCOMPAT_FRAGMENTS = 0x20;
+
+/** `Z_EROFS_COMPRESSION_*` (h_algorithmtype). */
+export const CompressionAlg = { lz4: 0, lzma: 1, deflate: 2, zstd: 3 } as const;
+export type CompressionAlg = (typeof CompressionAlg)[keyof typeof CompressionAlg];
+/** `Z_EROFS_PCLUSTER_MAX_SIZE` and `Z_EROFS_PCLUSTER_MAX_DSIZE`. */
+export const PCLUSTER_MAX_SIZE = 1024 * 1024;
+export const PCLUSTER_MAX_DSIZE = 12 * 1024 * 1024;
+
+/** `Z_EROFS_ADVISE_*` bits of `h_advise`. */
+export const Z_ADVISE_COMPACTED_2B = 0x1;
+/** The same bit as COMPACTED_2B, for COMPRESSED_FULL inodes: extent records instead of lcluster indexes. */
+export const Z_ADVISE_EXTENTS = 0x1;
+export const Z_ADVISE_BIG_PCLUSTER_1 = 0x2;
+export const Z_ADVISE_BIG_PCLUSTER_2 = 0x4;
+export const Z_ADVISE_INLINE_PCLUSTER = 0x8;
+export const Z_ADVISE_INTERLACED_PCLUSTER = 0x10;
+export const Z_ADVISE_FRAGMENT_PCLUSTER = 0x20;
+export const Z_ADVISE_EXTRECSZ_BIT = 1;
+export const Z_ADVISE_EXTRECSZ_MASK = 0x3;
+/** Bit 7 of `h_clusterbits`: the whole file is a fragment of the packed inode. */
+export const Z_FRAGMENT_INODE_BIT = 7;
+
+/**
+ * `struct z_erofs_map_header` (8 bytes) at `round_up(inode end + xattrs, 8)`. The first word is a union:
+ * `h_fragmentoff` (FRAGMENT_PCLUSTER), `{h_reserved1, h_idata_size}` (INLINE_PCLUSTER), `h_extents_lo`.
+ */
+export const zMapHeader = defineStruct(
+  'z_erofs_map_header',
+  [
+    { name: 'reserved1', type: 'u16' }, // low half of h_fragmentoff / h_extents_lo
+    { name: 'idataSize', type: 'u16' }, // encoded size of the tail-packed pcluster; high half of the above
+    { name: 'advise', type: 'u16' },
+    { name: 'algorithmtype', type: 'u8' }, // bits 0-3: HEAD1, 4-7: HEAD2 (union h_extents_hi)
+    { name: 'clusterbits', type: 'u8' }, // bits 0-3: lcluster bits - block bits; bit 7: whole-file fragment
+  ],
+  8,
+);
+
+/** `Z_EROFS_LCLUSTER_TYPE_*`. */
+export const LclusterType = { plain: 0, head1: 1, nonhead: 2, head2: 3 } as const;
+/** `Z_EROFS_LI_PARTIAL_REF`: (full indexes, HEAD) the pcluster decodes to more than this extent uses. */
+export const LI_PARTIAL_REF = 1 << 15;
+/** `Z_EROFS_LI_D0_CBLKCNT`: on the first NONHEAD lcluster, delta[0] holds the pcluster's block count. */
+export const LI_D0_CBLKCNT = 1 << 11;
+
+/** `struct z_erofs_lcluster_index` (8 bytes): one lcluster of a COMPRESSED_FULL inode. */
+export const lclusterIndex = defineStruct(
+  'z_erofs_lcluster_index',
+  [
+    { name: 'advise', type: 'u16' }, // bits 0-1: type; bit 15: PARTIAL_REF
+    { name: 'clusterofs', type: 'u16' }, // where the HEAD's extent starts in this lcluster
+    { name: 'delta0', type: 'u16' }, // union di_u: blkaddr (HEAD) | delta[2] (NONHEAD)
+    { name: 'delta1', type: 'u16' },
+  ],
+  8,
+);
+
+/** `Z_EROFS_EXTENT_PLEN_*` of `z_erofs_extent.plen`. */
+export const EXTENT_PLEN_PARTIAL = 1 << 27;
+export const EXTENT_PLEN_FMT_BIT = 28;
+export const EXTENT_PLEN_MASK = (PCLUSTER_MAX_SIZE << 1) - 1;
+
+/** `struct z_erofs_extent` (32 bytes; records may be cut to 4, 8 or 16 bytes, `Z_ADVISE_EXTRECSZ`). */
+export const zExtent = defineStruct(
+  'z_erofs_extent',
+  [
+    { name: 'plen', type: 'u32' },
+    { name: 'pstartLo', type: 'u32' },
+    { name: 'pstartHi', type: 'u32' },
+    { name: 'lstartLo', type: 'u32' },
+    { name: 'lstartHi', type: 'u32' },
+    { name: 'reserved', type: { bytes: 12 } },
+  ],
+  32,
+);
