@@ -10,15 +10,14 @@
  * 24k+ entries. Inputs are kept in BENCH_DIR between runs.
  */
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { mkfsErofs19 } from '../test-support/kernel.ts';
 import { startRegistry } from '../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
-import { mkfsErofs19 } from '../test-support/kernel.ts';
 
 export interface RegistryBuildContext {
   root: string;
