@@ -24,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { mkfsErofs19 } from '../test-support/kernel.ts';
 import { benchConvert } from './convert.ts';
 import { benchMount } from './mount.ts';
+import { benchRegistryBuild } from './registry-build.ts';
 import { benchServe } from './serve.ts';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -151,6 +152,15 @@ const suites: Record<string, () => void | Promise<void>> = {
       addRow: (row) => rows.push(['convert', ...row]),
       setResults: (value) => {
         results.convert = value;
+      },
+    }),
+  'registry-build': () =>
+    benchRegistryBuild({
+      root,
+      benchDir,
+      addRow: (row) => rows.push(['registry-build', ...row]),
+      setResults: (value) => {
+        results['registry-build'] = value;
       },
     }),
   mount: () =>

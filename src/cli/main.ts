@@ -4,13 +4,15 @@
  */
 import { readFileSync } from 'node:fs';
 import { ErofsOciError, exitStatusFor } from '../errors.ts';
-import { buildCommand } from './build.ts';
 import type { CommandIo } from './io.ts';
 
 type Handler = (args: string[], io: CommandIo) => Promise<number>;
 
 const commands: Record<string, { summary: string; load: () => Promise<Handler>; internal?: boolean }> = {
-  build: { summary: 'write an EROFS image from layers or a directory', load: async () => buildCommand },
+  build: {
+    summary: 'write an EROFS image from layers or a directory',
+    load: async () => (await import('./build.ts')).buildCommand,
+  },
   convert: {
     summary: 'publish an image with EROFS-native layers (erofs-image-spec)',
     load: async () => (await import('./convert.ts')).convertCommand,
