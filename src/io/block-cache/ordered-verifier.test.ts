@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { isErofsOciError } from '../../errors.ts';
 import { createBlockCache, openBlockCache } from '../block-cache.ts';
+import { BlockGrid } from '../block-grid.ts';
+import { OrderedVerifier } from './ordered-verifier.ts';
 import {
   origin,
   random,
@@ -223,4 +225,86 @@ test('openBlockCache verifies a complete unverified entry before answering, reco
     await wrong.close();
     assert.deepEqual(await readdir(dir), []);
   });
+});
+
+test('OrderedVerifier reaches the verdict from blocks offered in any order, and only then', async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 24 }),
+      fc.boolean(),
+      fc.integer({ min: 0, max: 2 ** 31 }),
+      async (count, corrupt, seed) => {
+        const grid = new BlockGrid(count * 512 - (seed % 300), 512);
+        const bytes = random(grid.size);
+        const served = corrupt ? flipped(bytes, seed % grid.size) : bytes;
+        const outcomes: string[] = [];
+        const verifier = new OrderedVerifier({
+          digest: digestOf(bytes),
+          name: 'the test object',
+          size: grid.size,
+          grid,
+          aheadBudget: 2048,
+          // Nothing else keeps blocks: the verifier holds what it needs (the next block, the last one).
+          lookup: () => undefined,
+          verified: () => outcomes.push('verified'),
+          failed: (error) => outcomes.push(error.code),
+        });
+        const order = [...Array(grid.count).keys()].sort(
+          (a, b) => ((a * 7919 + seed) % 101) - ((b * 7919 + seed) % 101),
+        );
+        for (const [i, block] of order.entries()) {
+          assert.equal(verifier.state, 'pending');
+          const offered = verifier.offer(block, served.subarray(grid.start(block), grid.end(block)));
+          if (i < order.length - 1) await offered;
+          else await offered.catch(() => {});
+          await verifier.settled();
+        }
+        // Blocks offered far ahead beyond the budget are let go, so the verdict may wait for a refetch.
+        while (verifier.state === 'pending') {
+          const block = [...Array(grid.count).keys()].find((b) => verifier.needs(b)) as number;
+          await verifier.offer(block, served.subarray(grid.start(block), grid.end(block))).catch(() => {});
+          await verifier.settled();
+        }
+        assert.deepEqual(outcomes, [corrupt ? 'digest-mismatch' : 'verified']);
+        assert.equal(verifier.state, corrupt ? 'failed' : 'verified');
+      },
+    ),
+    { numRuns: 60 },
+  );
+});
+
+test('OrderedVerifier rejects a copy fetched again that differs from the block it hashed', async () => {
+  const grid = new BlockGrid(4096, 1024);
+  const bytes = random(4096);
+  const verifier = new OrderedVerifier({
+    digest: digestOf(bytes),
+    name: 'the test object',
+    size: 4096,
+    grid,
+    aheadBudget: 4096,
+    lookup: () => undefined,
+    verified: () => {},
+    failed: () => {},
+  });
+  await verifier.offer(0, bytes.subarray(0, 1024));
+  await verifier.settled();
+  assert.equal(verifier.needs(0), false);
+  verifier.check(0, bytes.slice(0, 1024));
+  assert.throws(
+    () => verifier.check(0, flipped(bytes.subarray(0, 1024), 5)),
+    (error: unknown) =>
+      isErofsOciError(error, 'digest-mismatch') && /block 0 \(bytes 0-1023\)/.test(error.message),
+  );
+  // Not hashed yet: nothing to compare with.
+  verifier.check(2, flipped(bytes.subarray(2048, 3072), 0));
+  assert.throws(
+    () =>
+      new OrderedVerifier({
+        ...{ digest: 'md5:00', name: 'x', size: 1, grid, aheadBudget: 1 },
+        lookup: () => undefined,
+        verified() {},
+        failed() {},
+      }),
+    { code: 'usage' },
+  );
 });

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createBlockCache } from '../block-cache.ts';
+import { BlockGrid } from '../block-grid.ts';
+import { Readahead, ReadaheadStreams } from './readahead.ts';
 import { origin, random } from '../../../test-support/block-cache-origins.ts';
 
 test('createBlockCache reads ahead of a sequential stream with a growing window', async () => {
@@ -102,4 +104,62 @@ test('createBlockCache does not read ahead into a region another stream has read
     `few fetches for 32 blocks: ${JSON.stringify(source.calls.slice(before).map(([o, l]) => [o / blockSize, l / blockSize]))}`,
   );
   await cache.close();
+});
+
+test('ReadaheadStreams opens a window on the second sequential read and doubles it per block crossed, up to the limit', () => {
+  const streams = new ReadaheadStreams();
+  const limits = { initial: 4096, max: 16_384 };
+  const block = (offset: number) => Math.floor(offset / 4096);
+  assert.equal(streams.advance(0, 4096, block(4095), limits), 0, 'a lone read is no stream');
+  assert.equal(streams.advance(4096, 8192, block(8191), limits), 4096);
+  assert.equal(streams.advance(8192, 9000, block(8999), limits), 8192);
+  assert.equal(streams.advance(9000, 10_000, block(9999), limits), 8192, 'no block crossed: no growth');
+  assert.equal(streams.advance(10_000, 16_384, block(16_383), limits), 16_384);
+  assert.equal(streams.advance(16_384, 20_480, block(20_479), limits), 16_384, 'capped at max');
+  assert.equal(
+    streams.advance(10_000_000, 10_004_096, block(10_004_095), limits),
+    0,
+    'a far read starts anew',
+  );
+  assert.equal(streams.advance(20_480, 24_576, block(24_575), limits), 16_384, 'the first stream goes on');
+});
+
+test('Readahead plans the missing blocks of a stream, stops at blocks read through, and forgets that once re-read', () => {
+  const grid = new BlockGrid(64 * 4096, 4096);
+  const ahead = new Readahead(grid, { initial: 4 * 4096, max: 8 * 4096 }, 64 * 4096);
+  const none = () => false;
+  assert.deepEqual(ahead.plan(0, 4096, 0, 0, none), []);
+  assert.deepEqual(ahead.plan(4096, 8192, 1, 1, none), [2, 3, 4, 5]);
+  // Blocks 8 onwards were read through and evicted: the reader has them, readahead stops before them.
+  for (let block = 8; block < 12; block++) ahead.evicted(block, true);
+  assert.deepEqual(
+    ahead.plan(8192, 12_288, 2, 2, (b) => b <= 3),
+    [4, 5, 6, 7],
+  );
+  // Reading block 8 again shows its reader lost it: the run of such blocks it starts is fetched again.
+  const fresh = new Readahead(grid, { initial: 4 * 4096, max: 4 * 4096 }, 64 * 4096);
+  for (let block = 8; block < 12; block++) fresh.evicted(block, true);
+  fresh.plan(7 * 4096, 8 * 4096, 7, 7, none);
+  assert.deepEqual(fresh.plan(8 * 4096, 9 * 4096, 8, 8, none), [9, 10, 11, 12]);
+  assert.deepEqual(new Readahead(grid, false, 64 * 4096).plan(0, 8192, 0, 1, none), []);
+});
+
+test('Readahead keeps the blocks it started and no read asked for within half the memory budget', () => {
+  const grid = new BlockGrid(64 * 4096, 4096);
+  const ahead = new Readahead(grid, { initial: 8 * 4096, max: 8 * 4096 }, 8 * 4096);
+  ahead.plan(0, 4096, 0, 0, () => false);
+  const planned = ahead.plan(4096, 8192, 1, 1, () => false);
+  assert.deepEqual(planned, [2, 3, 4, 5], 'four blocks: half of an eight-block budget');
+  for (const block of planned) ahead.started(block, new Promise(() => {}));
+  assert.deepEqual(
+    ahead.plan(8192, 12_288, 2, 2, () => false),
+    [],
+    'nothing more while they are unread',
+  );
+  ahead.asked(2);
+  ahead.asked(3);
+  assert.deepEqual(
+    ahead.plan(12_288, 16_384, 3, 3, (b) => b <= 5),
+    [6, 7],
+  );
 });
