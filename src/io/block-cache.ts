@@ -40,13 +40,7 @@
  *   keep their CRC-32C; a damaged one fetched again then has no first copy to be compared with, and
  *   clears the mark for the next opening).
  *
- * Disk cache layout (`cacheDir`, mode 0700), per `cacheId`, under the SHA-256 of the id:
- * - `KEY.data`: a sparse file of the source's size, blocks written at their offsets (0600);
- * - `KEY.json`: which blocks the data file holds, each with its CRC-32C, and whether the whole object was
- *   verified against its digest, rewritten atomically (0600) after the data file is synced, so a block is
- *   listed only once its bytes are durable; a block whose bytes do not match its checksum on reading is
- *   fetched again;
- * - `KEY.lock`: the pid of the process using the entry; a second live process is refused.
+ * The disk cache (`cacheDir`): see src/io/block-cache/disk-cache.ts for its files.
  *
  * Where each concern lives (src/io/block-cache/): `memory-lru.ts` and `read-coverage.ts` (the memory
  * cache and its eviction order), `readahead.ts`, `range-fetcher.ts` and `fetch-slots.ts` (fetching with
@@ -57,6 +51,7 @@
 import { ErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
 import { BlockGrid } from './block-grid.ts';
 import type { ReadOptions } from './byte-source.ts';
+import { BlockCutter } from './block-cache/block-cutter.ts';
 import { type Deferred, deferred } from './block-cache/deferred.ts';
 import { DiskCache } from './block-cache/disk-cache.ts';
 import { asFetched } from './block-cache/fetch-stage.ts';
@@ -286,49 +281,25 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     const length = grid.end(first + count - 1) - offset;
     const waiters: Deferred<Uint8Array>[] = [];
     for (let i = 0; i < count; i++) waiters.push(deferred());
-    // Each block is handed over as soon as the range has passed it: a reader of the first block of a
-    // large readahead fetch does not wait for the last.
-    let filling = 0;
-    let buffer: Uint8Array | null = null;
-    let filled = 0;
-    const complete = (i: number, bytes: Uint8Array) => {
+    const cutter = new BlockCutter(grid, first, count, (i, bytes) => {
       const waiter = waiters[i] as Deferred<Uint8Array>;
       accept(first + i, bytes).then(waiter.resolve, waiter.reject);
-    };
-    const sink = (chunk: Uint8Array) => {
-      for (let at = 0; at < chunk.byteLength && filling < count; ) {
-        const want = grid.length(first + filling);
-        if (at === 0 && filled === 0 && chunk.byteLength === want && chunk.buffer.byteLength === want) {
-          // A fetch that returned exactly one block in a buffer of its own (a demand miss): keep it as
-          // it is. A view into a larger buffer (a network read) is copied, so as not to pin the rest.
-          complete(filling++, chunk);
-          return;
-        }
-        buffer ??= new Uint8Array(want);
-        const n = Math.min(want - filled, chunk.byteLength - at);
-        buffer.set(chunk.subarray(at, at + n), filled);
-        filled += n;
-        at += n;
-        if (filled === want) {
-          complete(filling++, buffer);
-          buffer = null;
-          filled = 0;
-        }
-      }
-    };
-    origin.fetchRange(offset, length, priority, sink).then(
-      (result) => {
-        // Whole mode decided before this fetch ran: the download brings the blocks.
-        for (let i = filling; i < count; i++) {
-          const waiter = waiters[i] as Deferred<Uint8Array>;
-          if (result === null) origin.block(first + i).then(waiter.resolve, waiter.reject);
-          else waiter.reject(new ErofsOciError('internal', `block ${first + i} was not delivered`));
-        }
-      },
-      (error) => {
-        for (let i = filling; i < count; i++) (waiters[i] as Deferred<Uint8Array>).reject(error);
-      },
-    );
+    });
+    origin
+      .fetchRange(offset, length, priority, (chunk) => cutter.push(chunk))
+      .then(
+        (result) => {
+          // Whole mode decided before this fetch ran: the download brings the blocks.
+          for (let i = cutter.completed; i < count; i++) {
+            const waiter = waiters[i] as Deferred<Uint8Array>;
+            if (result === null) origin.block(first + i).then(waiter.resolve, waiter.reject);
+            else waiter.reject(new ErofsOciError('internal', `block ${first + i} was not delivered`));
+          }
+        },
+        (error) => {
+          for (let i = cutter.completed; i < count; i++) (waiters[i] as Deferred<Uint8Array>).reject(error);
+        },
+      );
     for (let i = 0; i < count; i++)
       promises.push(track(first + i, (waiters[i] as Deferred<Uint8Array>).promise));
     return promises;

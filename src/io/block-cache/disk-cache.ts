@@ -26,9 +26,17 @@ import {
 } from './disk-record.ts';
 
 /**
- * The on-disk half of the cache (see the module comment for the layout), or, without paths, a private
- * temporary file (unlinked as soon as it is open, so nothing outlives the process) that holds a whole
- * download too large for memory.
+ * The on-disk half of the block cache. Its layout (`cacheDir`, mode 0700), per `cacheId`, under the
+ * SHA-256 of the id:
+ * - `KEY.data`: a sparse file of the source's size, blocks written at their offsets (0600);
+ * - `KEY.json`: which blocks the data file holds, each with its CRC-32C, and whether the whole object was
+ *   verified against its digest, rewritten atomically (0600) after the data file is synced, so a block is
+ *   listed only once its bytes are durable; a block whose bytes do not match its checksum on reading is
+ *   fetched again;
+ * - `KEY.lock`: the pid of the process using the entry; a second live process is refused.
+ *
+ * Or, without paths, a private temporary file (unlinked as soon as it is open, so nothing outlives the
+ * process): for a whole download too large for memory, or for blocks kept for the running hash.
  */
 export class DiskCache {
   readonly #data: FileHandle;

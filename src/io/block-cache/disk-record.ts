@@ -1,5 +1,5 @@
 /**
- * The files of a disk cache entry (see the layout in src/io/block-cache.ts): where they are, the record
+ * The files of a disk cache entry (see the layout in disk-cache.ts): where they are, the record
  * that lists the durable blocks, the lock that keeps a second process out, and `readCachedHead`, which
  * reads an entry's first bytes without opening it.
  */

@@ -16,8 +16,9 @@ export interface VerifierOptions {
 }
 
 /**
- * The running digest of an object whose blocks arrive in any order (see "Integrity" in the module
- * comment): blocks are hashed strictly in order, each as soon as it and all before it are at hand.
+ * The running digest of an object whose blocks arrive in any order (see "Integrity" in
+ * src/io/block-cache.ts): blocks are hashed strictly in order, each as soon as it and all before it are at
+ * hand.
  */
 export class OrderedVerifier {
   readonly #options: VerifierOptions;
@@ -70,7 +71,7 @@ export class OrderedVerifier {
     return this.state === 'pending' && block >= this.#next;
   }
 
-  /** Resolves when the hashing started so far is done (it may stop short of the end: see the module comment). */
+  /** Resolves when the hashing started so far is done (it may stop short of the end: see "Integrity"). */
   settled(): Promise<void> {
     return this.#chain;
   }
