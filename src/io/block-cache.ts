@@ -50,7 +50,8 @@
  */
 import { ErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
 import { BlockGrid } from './block-grid.ts';
-import type { ReadOptions } from './byte-source.ts';
+import type { Loan, ReadOptions } from './byte-source.ts';
+import { BlockPool } from './block-cache/block-pool.ts';
 import { BlockCutter } from './block-cache/block-cutter.ts';
 import { type Deferred, deferred } from './block-cache/deferred.ts';
 import { DiskCache } from './block-cache/disk-cache.ts';
@@ -108,7 +109,7 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   const grid = new BlockGrid(size, blockSize, options.anchors);
   const blockCount = grid.count;
 
-  const stats: Omit<BlockCacheStats, 'verification'> = {
+  const stats: Omit<BlockCacheStats, 'verification' | 'buffersReused'> = {
     fetches: 0,
     bytesFetched: 0,
     hits: 0,
@@ -120,10 +121,17 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     wholeDownloads: 0,
   };
   const readahead = new Readahead(grid, readaheadLimits, memoryBudget);
-  const memory = new MemoryLru(grid, memoryBudget, (block, bytes, readThrough) => {
-    keepForHash(block, bytes);
-    readahead.evicted(block, readThrough);
-  });
+  /** Buffers of fetched blocks, recycled once nothing holds them (see block-cache/block-pool.ts). */
+  const pool = new BlockPool(blockSize, Math.max(2, Math.floor(memoryBudget / blockSize / 8)));
+  const memory = new MemoryLru(
+    grid,
+    memoryBudget,
+    (block, bytes, readThrough) => {
+      keepForHash(block, bytes);
+      readahead.evicted(block, readThrough);
+    },
+    pool,
+  );
   /** Blocks being fetched or loaded from disk. */
   const pending = new Map<number, Promise<Uint8Array>>();
   const lifetime = new AbortController();
@@ -187,6 +195,8 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
             void hashSpill?.close();
             enterFailure(error);
           },
+          hold: (bytes) => pool.retain(bytes),
+          drop: (bytes) => pool.release(bytes),
         });
   /** Blocks evicted before the running hash took them, when there is no disk cache to find them in. */
   const hashSpill: HashSpill | null =
@@ -228,7 +238,9 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   /** A block leaving memory that the running hash has yet to take goes where the hash will find it. */
   function keepForHash(block: number, bytes: Uint8Array): void {
     if (verifier?.needs(block) !== true || diskCache !== null) return;
-    hashSpill?.keep(block, bytes);
+    if (!hashSpill) return;
+    pool.retain(bytes);
+    void hashSpill.keep(block, bytes).then(() => pool.release(bytes));
   }
 
   function remember(block: number, bytes: Uint8Array): void {
@@ -248,7 +260,10 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     verifier?.check(block, bytes);
     if (closed) throw new ErofsOciError('aborted', 'the block cache is closed');
     remember(block, bytes);
-    if (!failure) diskCache?.store(block, bytes);
+    if (!failure && diskCache) {
+      pool.retain(bytes);
+      void diskCache.store(block, bytes).then(() => pool.release(bytes));
+    }
     await verifier?.offer(block, bytes);
     return bytes;
   }
@@ -281,10 +296,27 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     const length = grid.end(first + count - 1) - offset;
     const waiters: Deferred<Uint8Array>[] = [];
     for (let i = 0; i < count; i++) waiters.push(deferred());
-    const cutter = new BlockCutter(grid, first, count, (i, bytes) => {
-      const waiter = waiters[i] as Deferred<Uint8Array>;
-      accept(first + i, bytes).then(waiter.resolve, waiter.reject);
-    });
+    const cutter = new BlockCutter(
+      grid,
+      first,
+      count,
+      (i, bytes) => {
+        const waiter = waiters[i] as Deferred<Uint8Array>;
+        accept(first + i, bytes).then(
+          (kept) => {
+            waiter.resolve(kept);
+            // The fetch's own reference goes once the readers it woke have taken theirs: they take them
+            // in the promise jobs that follow, all of which run before the next macrotask.
+            setImmediate(() => pool.release(bytes));
+          },
+          (error) => {
+            waiter.reject(error);
+            pool.release(bytes);
+          },
+        );
+      },
+      (length) => pool.take(length),
+    );
     origin
       .fetchRange(offset, length, priority, (chunk) => cutter.push(chunk))
       .then(
@@ -357,7 +389,11 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     for (const [block, promise] of startLoads(ahead, 'readahead')) readahead.started(block, promise);
   }
 
-  async function read(offset: number, length: number, readOptions: ReadOptions = {}): Promise<Uint8Array> {
+  /**
+   * A read whose bytes stay valid until released: a view of the cached block when the range lies in one
+   * (that block's buffer is not recycled before), else a copy.
+   */
+  async function lend(offset: number, length: number, readOptions: ReadOptions = {}): Promise<Loan> {
     throwIfAborted(readOptions.signal);
     if (closed) throw new ErofsOciError('internal', 'Cannot read: the block cache is closed');
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
@@ -373,40 +409,61 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
       );
     }
     if (failure) throw failure;
-    if (length === 0) return new Uint8Array(0);
+    if (length === 0) return { bytes: new Uint8Array(0), release: () => {} };
     if (diskCache === null && options.cacheDir !== undefined) await raceAbort(diskReady, readOptions.signal);
 
     const first = grid.blockOf(offset);
     const last = grid.blockOf(offset + length - 1);
     // Everything up to `startLoads` runs without awaiting, so a concurrent read sees our pending blocks.
+    // Each block is held (a reference to its buffer) from the moment this read has it until it is done.
+    const held = (promise: Promise<Uint8Array>) =>
+      promise.then((bytes) => {
+        pool.retain(bytes);
+        return bytes;
+      });
     const parts: (Uint8Array | Promise<Uint8Array>)[] = [];
     const missing: number[] = [];
     for (let block = first; block <= last; block++) {
       readahead.asked(block);
       const cached = memory.get(block);
       const running = cached ? undefined : pending.get(block);
-      if (cached) stats.hits++;
-      else if (running) stats.joined++;
+      if (cached) {
+        stats.hits++;
+        pool.retain(cached);
+      } else if (running) stats.joined++;
       else missing.push(block);
-      parts.push(cached ?? running ?? NOT_YET);
+      parts.push(cached ?? (running ? held(running) : NOT_YET));
     }
     if (missing.length > 0) {
       for (const block of missing) if (!diskCache?.has(block)) stats.misses++;
       for (const block of missing) if (diskCache?.has(block)) stats.hits++;
       const started = startLoads(missing, 'demand');
-      for (const [block, promise] of started) parts[block - first] = promise;
+      for (const [block, promise] of started) parts[block - first] = held(promise);
     }
     readAhead(offset, offset + length, first, last);
 
-    const blocks = await raceAbort(Promise.all(parts), readOptions.signal);
-    // Every block has been fetched once: nothing is answered before the digest's verdict (module comment).
-    if (verifier?.awaitingVerdict) await raceAbort(verifier.settled(), readOptions.signal);
-    if (failure) throw failure;
+    let blocks: Uint8Array[];
+    try {
+      blocks = await raceAbort(Promise.all(parts), readOptions.signal);
+      // Every block has been fetched once: nothing is answered before the digest's verdict (module comment).
+      if (verifier?.awaitingVerdict) await raceAbort(verifier.settled(), readOptions.signal);
+      if (failure) throw failure;
+    } catch (error) {
+      // The blocks this read holds, or will once they arrive, are let go.
+      for (const part of parts) Promise.resolve(part).then((bytes) => pool.release(bytes), ignore);
+      throw error;
+    }
     memory.markRead(offset, length);
     // Cached blocks are never modified: a read within one block gets a view of it, not a copy.
     if (first === last) {
       const from = offset - grid.start(first);
-      return (blocks[0] as Uint8Array).subarray(from, from + length);
+      const block = blocks[0] as Uint8Array;
+      let lent = true;
+      const release = () => {
+        if (lent) pool.release(block);
+        lent = false;
+      };
+      return { bytes: block.subarray(from, from + length), release };
     }
     const out = new Uint8Array(length);
     let at = 0;
@@ -417,8 +474,16 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
       const to = Math.min(offset + length, blockStart + block.byteLength) - blockStart;
       out.set(block.subarray(from, to), at);
       at += to - from;
+      pool.release(block);
     }
-    return out;
+    return { bytes: out, release: () => {} };
+  }
+
+  async function read(offset: number, length: number, readOptions: ReadOptions = {}): Promise<Uint8Array> {
+    const loan = await lend(offset, length, readOptions);
+    // Given away with no word of when it is done with: its buffer is never recycled.
+    pool.escape(loan.bytes);
+    return loan.bytes;
   }
 
   if (options.prefetched !== undefined && options.prefetched.byteLength > 0) {
@@ -440,7 +505,8 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
   return {
     size,
     read,
-    stats: () => ({ ...stats, verification: verifier?.state ?? 'off' }),
+    lend,
+    stats: () => ({ ...stats, buffersReused: pool.reused, verification: verifier?.state ?? 'off' }),
     ready: () => diskReady,
     async close(): Promise<void> {
       if (closed) return;
@@ -458,6 +524,10 @@ export function createBlockCache(fetch: RangeFetch, options: BlockCacheOptions):
     },
   };
 }
+
+const ignore = () => {
+  // A block this read gave up on failed: there is no reference to let go.
+};
 
 /** Placeholder replaced before anything awaits it. */
 const NOT_YET: Promise<Uint8Array> = Promise.resolve(new Uint8Array(0));

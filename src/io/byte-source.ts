@@ -25,3 +25,23 @@ export interface Closable {
 export function isClosable(value: unknown): value is Closable {
   return typeof (value as Partial<Closable>)?.close === 'function';
 }
+
+/** Bytes lent by a source: valid until `release()`, after which the source may reuse their memory. */
+export interface Loan {
+  readonly bytes: Uint8Array;
+  /** Once, when done with the bytes (sent, copied). */
+  release(): void;
+}
+
+/**
+ * Optional ability: a source that can lend the bytes of a read instead of giving them away, so that it can
+ * recycle its buffers (the block cache does). Found with `isLending`.
+ */
+export interface Lending {
+  /** As `read`, but the bytes must not be used after `release()`. */
+  lend(offset: number, length: number, options?: ReadOptions): Promise<Loan>;
+}
+
+export function isLending(value: unknown): value is Lending {
+  return typeof (value as Partial<Lending>)?.lend === 'function';
+}

@@ -14,7 +14,7 @@
 import { lstat, unlink } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { ErofsOciError } from '../errors.ts';
-import type { ByteSource } from '../io/byte-source.ts';
+import { type ByteSource, isLending } from '../io/byte-source.ts';
 import * as p from './protocol.ts';
 import { SocketReader, writeMessage } from './socket-io.ts';
 
@@ -501,11 +501,14 @@ class Connection {
 
   async #read(cookie: Uint8Array, offset: number, length: number, what: string): Promise<void> {
     let data: Uint8Array;
+    // A source that lends its bytes (the block cache) gets them back once they are sent, to reuse them.
+    let release = () => {};
     try {
-      data =
-        length === 0
-          ? new Uint8Array(0)
-          : await this.#config.source.read(offset, length, { signal: this.#abort.signal });
+      const source = this.#config.source;
+      const signal = this.#abort.signal;
+      if (length === 0) data = new Uint8Array(0);
+      else if (isLending(source)) ({ bytes: data, release } = await source.lend(offset, length, { signal }));
+      else data = await source.read(offset, length, { signal });
       if (data.byteLength !== length) {
         throw new ErofsOciError(
           'internal',
@@ -517,9 +520,14 @@ class Connection {
       const shutdown = this.#abort.signal.aborted;
       const message = error instanceof Error ? error.message : String(error);
       await this.#replyError(cookie, shutdown ? p.ESHUTDOWN : p.EIO, message, what).catch(connectionGone);
+      release();
       return;
     }
-    await this.#send(this.#readReply(cookie, offset, data)).catch(connectionGone);
+    try {
+      await this.#send(this.#readReply(cookie, offset, data)).catch(connectionGone);
+    } finally {
+      release();
+    }
   }
 
   /** "NBD_CMD_CACHE": read the range through the source (warming any cache in it) and drop the bytes. */

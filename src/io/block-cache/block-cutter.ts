@@ -10,17 +10,23 @@ export class BlockCutter {
   readonly #first: number;
   readonly #count: number;
   readonly #complete: (index: number, bytes: Uint8Array) => void;
+  readonly #alloc: (length: number) => Uint8Array;
   #filling = 0;
   #buffer: Uint8Array | null = null;
   #filled = 0;
 
-  /** Blocks `first..first+count-1` of `grid`; `complete` gets each one's index in the range and bytes. */
+  /**
+   * Blocks `first..first+count-1` of `grid`; `complete` gets each one's index in the range and bytes, in
+   * a buffer from `alloc` (or the chunk itself, when it is exactly the block in a buffer of its own).
+   */
   constructor(
     grid: BlockGrid,
     first: number,
     count: number,
     complete: (index: number, bytes: Uint8Array) => void,
+    alloc: (length: number) => Uint8Array = (length) => new Uint8Array(length),
   ) {
+    this.#alloc = alloc;
     this.#grid = grid;
     this.#first = first;
     this.#count = count;
@@ -42,7 +48,7 @@ export class BlockCutter {
         this.#complete(this.#filling++, chunk);
         return;
       }
-      this.#buffer ??= new Uint8Array(want);
+      this.#buffer ??= this.#alloc(want);
       const n = Math.min(want - this.#filled, chunk.byteLength - at);
       this.#buffer.set(chunk.subarray(at, at + n), this.#filled);
       this.#filled += n;

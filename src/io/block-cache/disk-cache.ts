@@ -178,14 +178,18 @@ export class DiskCache {
     return null;
   }
 
-  /** Writes a fetched block in the background; the record lists it after the next sync. */
-  store(block: number, bytes: Uint8Array): void {
-    if (this.#closed || this.#discarded || this.has(block)) return;
+  /**
+   * Writes a fetched block in the background; the record lists it after the next sync. Resolves (never
+   * rejects) once the bytes are no longer needed.
+   */
+  store(block: number, bytes: Uint8Array): Promise<void> {
+    if (this.#closed || this.#discarded || this.has(block)) return Promise.resolve();
     const write = this.#write(block, bytes);
     this.#writing.set(block, write);
     void write.finally(() => {
       if (this.#writing.get(block) === write) this.#writing.delete(block);
     });
+    return write;
   }
 
   async #write(block: number, bytes: Uint8Array): Promise<void> {

@@ -34,9 +34,12 @@ export class HashSpill {
     this.#maxBytes = options.maxBytes ?? HASH_SPILL_BYTES;
   }
 
-  /** Keeps `bytes` of `block` for the running hash, unless the bound is reached or the file is closed. */
-  keep(block: number, bytes: Uint8Array): void {
-    if (this.#closed || this.#bytes + bytes.byteLength > this.#maxBytes) return;
+  /**
+   * Keeps `bytes` of `block` for the running hash, unless the bound is reached or the file is closed;
+   * resolves (never rejects) once the bytes are no longer needed.
+   */
+  keep(block: number, bytes: Uint8Array): Promise<void> {
+    if (this.#closed || this.#bytes + bytes.byteLength > this.#maxBytes) return Promise.resolve();
     this.#bytes += bytes.byteLength;
     this.#file ??= DiskCache.openTemporary(this.#options.grid).catch((error: unknown) => {
       this.#options.log(
@@ -44,8 +47,8 @@ export class HashSpill {
       );
       return null;
     });
-    void this.#file.then((file) => {
-      if (file && !this.#closed && this.#options.needs(block)) file.store(block, bytes);
+    return this.#file.then((file) => {
+      if (file && !this.#closed && this.#options.needs(block)) return file.store(block, bytes);
     });
   }
 

@@ -3,6 +3,7 @@
  * blocks read in part, least recently used first within each.
  */
 import type { BlockGrid } from '../block-grid.ts';
+import type { BlockPool } from './block-pool.ts';
 import { ReadCoverage } from './read-coverage.ts';
 
 /** Told of each block leaving memory to make room, and whether every byte of it had been read. */
@@ -17,7 +18,11 @@ export class MemoryLru {
   /** Which parts of the blocks in memory reads have asked for (for eviction: see `put`). */
   readonly #coverage: ReadCoverage;
 
-  constructor(grid: BlockGrid, budget: number, evicted: Evicted) {
+  readonly #pool: BlockPool | null;
+
+  /** With a pool, the blocks held count as references to their buffers (see block-pool.ts). */
+  constructor(grid: BlockGrid, budget: number, evicted: Evicted, pool: BlockPool | null = null) {
+    this.#pool = pool;
     this.#budget = budget;
     this.#evicted = evicted;
     this.#coverage = new ReadCoverage(grid, (block) => this.#blocks.has(block));
@@ -54,7 +59,9 @@ export class MemoryLru {
     if (old) {
       this.#blocks.delete(block);
       this.#bytes -= old.byteLength;
+      if (old !== bytes) this.#pool?.release(old);
     }
+    if (old !== bytes) this.#pool?.retain(bytes);
     this.#blocks.set(block, bytes);
     this.#bytes += bytes.byteLength;
     if (this.#bytes <= this.#budget) return true;
@@ -70,6 +77,7 @@ export class MemoryLru {
         this.#coverage.forget(victim);
         this.#bytes -= victimBytes.byteLength;
         this.#evicted(victim, victimBytes, readThrough);
+        this.#pool?.release(victimBytes);
       }
     }
     return true;
@@ -81,6 +89,7 @@ export class MemoryLru {
   }
 
   clear(): void {
+    for (const bytes of this.#blocks.values()) this.#pool?.release(bytes);
     this.#blocks.clear();
     this.#coverage.clear();
     this.#bytes = 0;

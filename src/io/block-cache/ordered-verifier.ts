@@ -13,6 +13,9 @@ export interface VerifierOptions {
   lookup(block: number): Uint8Array | Promise<Uint8Array | null> | undefined;
   verified(): void;
   failed(error: ErofsOciError): void;
+  /** Told of bytes the verifier holds on to beyond the call that handed them over, and lets go of. */
+  hold?(bytes: Uint8Array): void;
+  drop?(bytes: Uint8Array): void;
 }
 
 /**
@@ -118,6 +121,7 @@ export class OrderedVerifier {
     ) {
       this.#ahead.set(block, bytes);
       this.#aheadBytes += bytes.byteLength;
+      this.#options.hold?.(bytes);
     }
     if (block !== this.#next && !completing) return;
     const run = this.#pump();
@@ -174,6 +178,7 @@ export class OrderedVerifier {
       if (held) {
         this.#ahead.delete(block);
         this.#aheadBytes -= held.byteLength;
+        this.#options.drop?.(held);
       }
       this.#next++;
     }
@@ -181,12 +186,15 @@ export class OrderedVerifier {
     if (this.#aheadBytes > this.#options.aheadBudget) {
       for (const held of [...this.#ahead.keys()].sort((a, b) => b - a)) {
         if (this.#aheadBytes <= this.#options.aheadBudget) break;
-        this.#aheadBytes -= (this.#ahead.get(held) as Uint8Array).byteLength;
+        const bytes = this.#ahead.get(held) as Uint8Array;
+        this.#aheadBytes -= bytes.byteLength;
         this.#ahead.delete(held);
+        this.#options.drop?.(bytes);
       }
     }
     if (this.state === 'pending' && this.#next === count) {
       const actual = this.#hash.digest('hex');
+      for (const bytes of this.#ahead.values()) this.#options.drop?.(bytes);
       this.#ahead.clear();
       this.#aheadBytes = 0;
       if (actual === this.#expected) {

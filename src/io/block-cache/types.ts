@@ -1,5 +1,5 @@
 /** The block cache's options, statistics and interface (see src/io/block-cache.ts). */
-import type { ByteSource, Closable } from '../byte-source.ts';
+import type { ByteSource, Closable, Lending } from '../byte-source.ts';
 import type { FetchStage } from './fetch-stage.ts';
 import type { WholeFetch } from './whole-download.ts';
 
@@ -66,10 +66,12 @@ export interface BlockCacheStats {
   retries: number;
   /** Downloads of the whole object (the origin ignores ranges). */
   wholeDownloads: number;
+  /** Block buffers recycled rather than allocated (see src/io/block-cache/block-pool.ts). */
+  buffersReused: number;
   verification: Verification;
 }
 
-export interface BlockCache extends ByteSource, Closable {
+export interface BlockCache extends ByteSource, Closable, Lending {
   stats(): BlockCacheStats;
   /** Resolves once the disk cache (if any) is open; rejects with the reason it cannot be used. */
   ready(): Promise<void>;
