@@ -22,6 +22,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } 
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mkfsErofs19 } from '../test-support/kernel.ts';
+import { benchConvert } from './convert.ts';
 import { benchMount } from './mount.ts';
 import { benchServe } from './serve.ts';
 
@@ -141,6 +142,15 @@ const suites: Record<string, () => void | Promise<void>> = {
       addRow: (row) => rows.push(['serve', ...row]),
       setResults: (value) => {
         results.serve = value;
+      },
+    }),
+  convert: () =>
+    benchConvert({
+      root,
+      benchDir,
+      addRow: (row) => rows.push(['convert', ...row]),
+      setResults: (value) => {
+        results.convert = value;
       },
     }),
   mount: () =>

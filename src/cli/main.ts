@@ -11,6 +11,10 @@ type Handler = (args: string[], io: CommandIo) => Promise<number>;
 
 const commands: Record<string, { summary: string; load: () => Promise<Handler>; internal?: boolean }> = {
   build: { summary: 'write an EROFS image from layers or a directory', load: async () => buildCommand },
+  convert: {
+    summary: 'publish an image with EROFS-native layers (erofs-image-spec)',
+    load: async () => (await import('./convert.ts')).convertCommand,
+  },
   serve: {
     summary: 'export one layer as a lazily read NBD device',
     load: async () => (await import('./serve.ts')).serveCommand,

@@ -12,13 +12,13 @@ import { rootCertificates } from 'node:tls';
 import { Agent, type Dispatcher } from 'undici';
 import { ErofsOciError } from '../errors.ts';
 
-export type HttpMethod = 'GET' | 'HEAD' | 'POST';
+export type HttpMethod = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH';
 
 export interface HttpRequest {
   readonly method: HttpMethod;
   readonly url: URL;
   readonly headers?: Readonly<Record<string, string>>;
-  readonly body?: string;
+  readonly body?: string | Uint8Array;
   readonly signal?: AbortSignal | undefined;
   /** Token scope the auth layer authorises this request for, e.g. `repository:library/alpine:pull`. */
   readonly scope?: string | undefined;

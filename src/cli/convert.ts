@@ -1,0 +1,213 @@
+/** `erofs-oci convert [options] SOURCE DEST` */
+import { parseArgs } from 'node:util';
+import { MEDIA_TYPE_EROFS, MEDIA_TYPE_EROFS_LAYER_V1 } from '../chunk-index/index.ts';
+import { ErofsOciError } from '../errors.ts';
+import { parseSourceReference } from '../oci/index.ts';
+import { PushClient } from '../oci/push.ts';
+import type { ImageSink } from '../publish/convert.ts';
+import { RegistrySink } from '../publish/registry-sink.ts';
+import { type ConvertSummary, convertImage, DEFAULT_CHUNK_SIZE } from '../publish/convert.ts';
+import { LayoutSink } from '../publish/layout-sink.ts';
+import { parseBlockSize, parseTimestamp, parseUuid } from './build.ts';
+import type { CommandIo } from './io.ts';
+import { Progress } from './progress.ts';
+import {
+  openImageFromOptions,
+  type RegistryValues,
+  registryHelp,
+  registryOptions,
+} from './registry-options.ts';
+
+export const convertHelp = `Usage: erofs-oci convert [options] SOURCE DEST
+
+Publishes SOURCE (any image source build takes) with EROFS-native layers, in the layout of the
+erofs/erofs-image-spec draft: one EROFS layer per source layer, in overlay form (as build --layer N),
+each with an embedded chunk index (SHA-256 per chunk). The same SOURCE gives the same manifest digest.
+
+Destinations:
+  [docker://]HOST[:PORT]/REPO[:TAG]  push to a registry: blobs there are skipped, blobs in the source's
+                      repository on the same registry are mounted, uploads are chunked and resumed;
+                      the manifest goes last, so the tag never names a missing blob
+  oci:DIR[:TAG]       an OCI image layout directory (created when missing; index.json written last)
+
+Not yet: layers whose hardlinks point into lower layers are refused (exit 6); oci-archive: destinations,
+--all-platforms and --with-source.
+
+Options:
+  --media-type T      application/vnd.erofs.layer.v1 (default, containerd 2.3+) or application/vnd.erofs
+                      (the draft spec; containerd 2.1/2.2)
+  --compress zstd[:LEVEL]  +zstd layers: one zstd frame per chunk, the index in a trailing skippable frame
+  --chunk-size BYTES  chunk of the chunk index (default 1 MiB, rounded up to the block size)
+  --timestamp T       build time of every layer (default: the source config's created time)
+  --uuid U|clear      volume UUID of every layer (default: derived from the source layer's digest)
+  --block-size N      4096 (default), 2048, 1024 or 512
+  --jobs N            layers converted at once (default 2)
+  --quiet             no progress and no summary on stderr
+  --json              print the manifest digest and the layers as JSON on stdout
+  --debug             show the causes of errors
+  -h, --help          this help
+
+${registryHelp}`;
+
+export async function convertCommand(args: string[], io: CommandIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      'media-type': { type: 'string' },
+      compress: { type: 'string' },
+      'chunk-size': { type: 'string' },
+      timestamp: { type: 'string' },
+      uuid: { type: 'string' },
+      'block-size': { type: 'string' },
+      jobs: { type: 'string' },
+      quiet: { type: 'boolean', short: 'q' },
+      json: { type: 'boolean' },
+      debug: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+      ...registryOptions,
+    },
+  });
+  if (values.help) {
+    io.stdout.write(convertHelp);
+    return 0;
+  }
+  if (positionals.length !== 2) {
+    throw new ErofsOciError('usage', 'convert needs a SOURCE and a DEST', {
+      hint: 'see erofs-oci convert --help',
+    });
+  }
+  if (values.layer !== undefined || values.blob !== undefined) {
+    throw new ErofsOciError('usage', 'convert converts every layer; --layer and --blob do not apply');
+  }
+  const [sourceArg, destArg] = positionals as [string, string];
+  const mediaType = values['media-type'] ?? MEDIA_TYPE_EROFS_LAYER_V1;
+  if (mediaType !== MEDIA_TYPE_EROFS_LAYER_V1 && mediaType !== MEDIA_TYPE_EROFS) {
+    throw new ErofsOciError(
+      'usage',
+      `--media-type must be ${MEDIA_TYPE_EROFS_LAYER_V1} or ${MEDIA_TYPE_EROFS}`,
+    );
+  }
+  const zstdLevel = values.compress === undefined ? undefined : parseCompress(values.compress);
+  const chunkSize =
+    values['chunk-size'] === undefined
+      ? DEFAULT_CHUNK_SIZE
+      : parsePositive(values['chunk-size'], '--chunk-size');
+  const concurrency = values.jobs === undefined ? 2 : parsePositive(values.jobs, '--jobs');
+  let password: string | undefined;
+  if (values['password-stdin']) password = (await readAll(io.stdin)).replace(/\r?\n$/, '');
+  const sink = await openDestination(destArg, sourceArg, values, password, io);
+  const image = await openImageFromOptions(sourceArg, { ...values, password }, io);
+  try {
+    const layers = await image.layers({ signal: io.signal });
+    const progress =
+      values.quiet || !io.stderrIsTty
+        ? undefined
+        : new Progress(
+            io.stderr,
+            layers.map((l) => ({ name: l.digest.slice(0, 19), total: l.size })),
+          );
+    const summary = await convertImage(image, sink, {
+      chunkSize,
+      zstdLevel,
+      mediaType,
+      blockSize: values['block-size'] === undefined ? undefined : parseBlockSize(values['block-size']),
+      timestamp: values.timestamp === undefined ? undefined : parseTimestamp(values.timestamp),
+      uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
+      concurrency,
+      signal: io.signal,
+      onLayerProgress: progress ? (i, bytes) => progress.update(i, bytes) : undefined,
+    });
+    progress?.done();
+    report(summary, destArg, values, io);
+  } finally {
+    await image.close();
+    await sink.close();
+  }
+  return 0;
+}
+
+function report(
+  summary: ConvertSummary,
+  dest: string,
+  values: { json?: boolean; quiet?: boolean },
+  io: CommandIo,
+) {
+  if (values.json) {
+    io.stdout.write(
+      `${JSON.stringify({
+        manifest: summary.manifest.digest,
+        mediaType: summary.manifest.mediaType,
+        layers: summary.layers,
+        seconds: Number(summary.seconds.toFixed(3)),
+      })}\n`,
+    );
+  }
+  if (!values.quiet) {
+    io.stderr.write(
+      `${dest}: ${summary.manifest.digest}, ${summary.layers.length} layers in ${summary.seconds.toFixed(2)} s\n`,
+    );
+  }
+}
+
+async function readAll(stream: AsyncIterable<Uint8Array>): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function openDestination(
+  dest: string,
+  source: string,
+  values: RegistryValues,
+  password: string | undefined,
+  io: CommandIo,
+): Promise<ImageSink & { close(): Promise<void> }> {
+  const reference = parseSourceReference(dest);
+  if (reference.kind === 'oci' && reference.digest === undefined) {
+    const sink = new LayoutSink(reference.path, reference.tag);
+    return Object.assign(sink, { close: async () => {} });
+  }
+  if (reference.kind !== 'registry' || reference.digest !== undefined) {
+    throw new ErofsOciError(
+      'usage',
+      `destination ${dest} must be [docker://]HOST/REPO[:TAG] or oci:DIR[:TAG]`,
+    );
+  }
+  let mountFrom: string | undefined;
+  try {
+    const from = parseSourceReference(source);
+    if (from.kind === 'registry' && from.registry === reference.registry) mountFrom = from.repository;
+  } catch {
+    // a source that is not a reference has nothing to mount from
+  }
+  const client = await PushClient.open(reference.registry, reference.repository, {
+    auth: {
+      ...(values.authfile === undefined ? {} : { authFile: values.authfile }),
+      ...(values.username === undefined ? {} : { username: values.username }),
+      ...(password === undefined ? {} : { password }),
+    },
+    insecure: values.insecure ?? false,
+    ...(values['ca-file'] === undefined ? {} : { caFile: values['ca-file'] }),
+    ...(values.timeout === undefined ? {} : { timeoutMs: Number(values.timeout) * 1000 }),
+    mountFrom,
+    signal: io.signal,
+  });
+  const sink = new RegistrySink(client, reference.tag);
+  return Object.assign(sink, { close: () => client.close() });
+}
+
+export function parseCompress(value: string): number {
+  const m = /^zstd(?::(-?\d+))?$/.exec(value);
+  if (!m) throw new ErofsOciError('usage', `--compress takes zstd[:LEVEL], not ${value}`);
+  const level = m[1] === undefined ? 3 : Number(m[1]);
+  if (level < -7 || level > 22) throw new ErofsOciError('usage', `zstd level ${level} is outside -7..22`);
+  return level;
+}
+
+function parsePositive(value: string, what: string): number {
+  if (!/^\d+$/.test(value) || Number(value) <= 0)
+    throw new ErofsOciError('usage', `${what} takes a positive integer, not ${value}`);
+  return Number(value);
+}
