@@ -86,8 +86,13 @@ function knownLayer(values: {
 }
 
 /** A layer known by its descriptor's fields, without the manifest that lists it. */
-function describedLayer(digest: string, size: number, mediaType: string): LayerDescriptor {
-  return { digest, size, mediaType, format: layerFormat(mediaType) };
+function describedLayer(
+  digest: string,
+  size: number,
+  mediaType: string,
+  annotations?: Record<string, string>,
+): LayerDescriptor {
+  return { digest, size, mediaType, format: layerFormat(mediaType), ...(annotations ? { annotations } : {}) };
 }
 
 export async function serveCommand(args: string[], io: CommandIo): Promise<number> {
@@ -210,10 +215,7 @@ async function serveLayers(
   } finally {
     await Promise.allSettled(servers.map((server) => server.close()));
     for (const device of devices) {
-      const stats = device.blobCache.stats();
-      log(
-        `stopped ${device.description}; fetched ${stats.bytesFetched} bytes in ${stats.fetches} requests, ${stats.hits} cache hits, digest ${stats.verification}`,
-      );
+      log(`stopped ${device.description}; ${device.summary()}`);
     }
     await Promise.allSettled(devices.map((device) => device.close()));
   }
@@ -264,7 +266,7 @@ export async function serveLayersCommand(args: string[], io: CommandIo): Promise
     await serveLayers(
       image,
       config.layers.map((layer) => ({
-        layer: describedLayer(layer.digest, layer.size, layer.mediaType),
+        layer: describedLayer(layer.digest, layer.size, layer.mediaType, layer.annotations),
         listen: { kind: 'unix', path: layer.socket },
         exportName: '',
         device: {

@@ -119,7 +119,11 @@ describe('openVerifiedSource', () => {
             let served = 0;
             // Flip a byte of the bad chunk in what the origin sends: always, or only the first time.
             o.setTamper((offset, bytes) => {
-              if (offset <= badStart && badStart < offset + bytes.byteLength && (persistent || served++ === 0)) {
+              if (
+                offset <= badStart &&
+                badStart < offset + bytes.byteLength &&
+                (persistent || served++ === 0)
+              ) {
                 bytes[badStart - offset]! ^= 0x40;
               }
             });

@@ -15,7 +15,13 @@
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { zstdDecompress } from 'node:zlib';
-import { type ChunkIndex, type ChunkLocation, findChunk, hashAlgorithm, locateChunk } from '../chunk-index/index.ts';
+import {
+  type ChunkIndex,
+  type ChunkLocation,
+  findChunk,
+  hashAlgorithm,
+  locateChunk,
+} from '../chunk-index/index.ts';
 import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
 import type { ByteSource, Closable, ReadOptions } from '../io/byte-source.ts';
 import type { ChunkStore } from './chunk-store.ts';
@@ -64,13 +70,22 @@ export function openVerifiedSource(
 ): VerifiedSource {
   const algorithm = hashAlgorithm(index);
   if (algorithm === undefined) {
-    throw new ErofsOciError('unsupported', `${options.name}: its chunk index has no checksums to verify with`);
+    throw new ErofsOciError(
+      'unsupported',
+      `${options.name}: its chunk index has no checksums to verify with`,
+    );
   }
   const chunks = index.entries.map((_, i) => locateChunk(index, i, sectionOffset));
   const memoryBytes = options.memoryBytes ?? 64 * 1024 * 1024;
   const maxRequestBytes = options.maxRequestBytes ?? 8 * 1024 * 1024;
   const log = options.log ?? (() => {});
-  const stats: VerifiedStats = { verifiedChunks: 0, failedChunks: 0, fetchedBytes: 0, requests: 0, storeHits: 0 };
+  const stats: VerifiedStats = {
+    verifiedChunks: 0,
+    failedChunks: 0,
+    fetchedBytes: 0,
+    requests: 0,
+    storeHits: 0,
+  };
   /** Decoded chunks, least recently used first. */
   const memory = new Map<number, Uint8Array>();
   let memoryUsed = 0;
@@ -97,9 +112,13 @@ export function openVerifiedSource(
       data = await unzstd(stored, { maxOutputLength: Math.max(1, chunk.uncompressedLength) });
     } catch (cause) {
       // The frame matched its checksum: the producer wrote a bad frame. No refetch can help.
-      throw new CorruptInputError(`${options.name}: chunk ${chunk.index} is not a zstd frame`, chunk.blockOffset, {
-        cause,
-      });
+      throw new CorruptInputError(
+        `${options.name}: chunk ${chunk.index} is not a zstd frame`,
+        chunk.blockOffset,
+        {
+          cause,
+        },
+      );
     }
     if (data.byteLength !== chunk.uncompressedLength) {
       throw new CorruptInputError(
@@ -118,13 +137,20 @@ export function openVerifiedSource(
     stats.fetchedBytes += length;
     const bytes = await blob.read(offset, length, signal === undefined ? {} : { signal });
     if (bytes.byteLength !== length) {
-      throw new ErofsOciError('io', `${options.name}: asked for ${length} bytes at ${offset}, got ${bytes.byteLength}`);
+      throw new ErofsOciError(
+        'io',
+        `${options.name}: asked for ${length} bytes at ${offset}, got ${bytes.byteLength}`,
+      );
     }
     return bytes;
   };
 
   /** Checks, decodes, stores and caches one chunk's fetched bytes; a mismatch is retried once alone. */
-  const accept = async (chunk: ChunkLocation, stored: Uint8Array, signal?: AbortSignal): Promise<Uint8Array> => {
+  const accept = async (
+    chunk: ChunkLocation,
+    stored: Uint8Array,
+    signal?: AbortSignal,
+  ): Promise<Uint8Array> => {
     if (!matches(chunk, stored)) {
       stats.failedChunks++;
       log(`${options.name}: ${where(chunk)} fails its checksum; fetching it once more`);
@@ -155,7 +181,9 @@ export function openVerifiedSource(
     const stored = await store.get(chunk.checksum, chunk.blockLength).catch(() => undefined);
     if (stored === undefined) return undefined;
     if (!matches(chunk, stored)) {
-      log(`${options.name}: disk cache copy of ${where(chunk)} fails its checksum; dropped and fetched again`);
+      log(
+        `${options.name}: disk cache copy of ${where(chunk)} fails its checksum; dropped and fetched again`,
+      );
       await store.delete(chunk.checksum).catch(() => {});
       return undefined;
     }
@@ -181,7 +209,13 @@ export function openVerifiedSource(
       for (let i = runStart; i <= runEnd; i++) {
         const chunk = chunks[i]!;
         const promise = request
-          .then((bytes) => accept(chunk, bytes.subarray(chunk.blockOffset - offset, chunk.blockOffset - offset + chunk.blockLength), signal))
+          .then((bytes) =>
+            accept(
+              chunk,
+              bytes.subarray(chunk.blockOffset - offset, chunk.blockOffset - offset + chunk.blockLength),
+              signal,
+            ),
+          )
           .then(
             (data) => {
               pending.delete(i);
@@ -267,7 +301,10 @@ export function openVerifiedSource(
         const chunk = chunks[first + k]!;
         const from = Math.max(offset, chunk.uncompressedOffset);
         const to = Math.min(offset + length, chunk.uncompressedOffset + chunk.uncompressedLength);
-        out.set(parts[k]!.subarray(from - chunk.uncompressedOffset, to - chunk.uncompressedOffset), from - offset);
+        out.set(
+          parts[k]!.subarray(from - chunk.uncompressedOffset, to - chunk.uncompressedOffset),
+          from - offset,
+        );
       }
       return out;
     },
