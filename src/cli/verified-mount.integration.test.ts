@@ -6,15 +6,20 @@
  * without chunk indexes is refused under `--require-verified`.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import {
   buildReproducible,
+  check,
+  cliEntry,
+  findExecutable,
   isRoot,
+  nodeBinary,
   runCli,
   type Snapshot,
   snapshot,
@@ -161,6 +166,13 @@ describe('verified mounts', { skip }, () => {
           ignoreRoot: true,
           ignoreDirMtimes: true,
         });
+        const listed = JSON.parse((await runCli(['list', '--json'], { env })).stdout) as {
+          layers: { verification: string }[];
+        }[];
+        assert.deepEqual(
+          listed[0]?.layers.map((l) => l.verification),
+          ['chunk-verified', 'chunk-verified'],
+        );
       });
     });
   }
@@ -211,6 +223,66 @@ describe('verified mounts', { skip }, () => {
     } finally {
       await restore();
     }
+  });
+
+  it('serve: nbdcopy of a +zstd layer hashes to its uncompressed digest; a tampered disk cache is refetched after a restart', {
+    skip: findExecutable('nbdcopy') ? undefined : 'needs nbdcopy',
+  }, async () => {
+    const manifest = await manifestOf('zstd');
+    const layer = manifest.layers[0]!;
+    const wanted = layer.annotations!['org.erofs.uncompressed-digest']!;
+    const cacheDir = join(dir.path, 'serve-cache');
+    const socket = join(dir.path, 'serve.sock');
+    const serveOnce = async (name: string): Promise<{ hash: string; log: string }> => {
+      const child = spawn(
+        nodeBinary,
+        [
+          cliEntry,
+          'serve',
+          '--insecure',
+          '--layer',
+          '0',
+          '--cache-dir',
+          cacheDir,
+          ref('zstd'),
+          '--listen',
+          `unix:${socket}`,
+        ],
+        {
+          stdio: ['ignore', 'ignore', 'pipe'],
+        },
+      );
+      let log = '';
+      child.stderr?.on('data', (c: Buffer) => {
+        log += c.toString();
+      });
+      try {
+        for (let i = 0; i < 200 && !existsSync(socket); i++) {
+          if (child.exitCode !== null) throw new Error(`serve exited early: ${log}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const out = join(dir.path, `${name}.img`);
+        await check('nbdcopy', ['--', `nbd+unix:///?socket=${socket}`, out]);
+        return { hash: sha256(await readFile(out)), log };
+      } finally {
+        child.kill('SIGTERM');
+        await new Promise((resolve) =>
+          child.exitCode !== null ? resolve(null) : child.once('exit', resolve),
+        );
+        await rm(socket, { force: true });
+      }
+    };
+    const first = await serveOnce('first');
+    assert.equal(first.hash, wanted, first.log);
+    const chunks = await readdir(join(cacheDir, 'chunks'));
+    assert.ok(chunks.length > 1, 'verified chunks are on disk');
+    const victim = join(cacheDir, 'chunks', chunks[0]!);
+    const bytes = await readFile(victim);
+    bytes[bytes.byteLength >> 1]! ^= 0x01;
+    await writeFile(victim, bytes);
+    const second = await serveOnce('second');
+    assert.equal(second.hash, wanted, second.log);
+    assert.match(second.log, /disk cache copy of chunk \d+ .* fails its checksum/);
   });
 
   it('--require-verified refuses an image without chunk indexes, naming the layer', async () => {

@@ -6,12 +6,13 @@
  * whose digest annotation is missing or that carries no checksums is refused, since it could not verify
  * what it serves.
  */
+
+import { ANNOTATION_CHUNK_INDEX_DIGEST, ANNOTATION_CHUNK_INDEX_RANGE } from '../chunk-index/format.ts';
 import {
   type EmbeddedChunkIndex,
   type LayerDescriptor,
   readEmbeddedChunkIndex,
 } from '../chunk-index/index.ts';
-import { ANNOTATION_CHUNK_INDEX_DIGEST, ANNOTATION_CHUNK_INDEX_RANGE } from '../chunk-index/format.ts';
 import { ErofsOciError } from '../errors.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { openVerifiedSource, type VerifiedSource } from './chunk-source.ts';
