@@ -11,10 +11,10 @@ import {
   CHUNK_INDEX_VERSION,
   COMPRESSION_NONE,
   COMPRESSION_ZSTD,
-  HASH_NONE,
-  HASH_SHA2,
   chunkEntryHead,
   chunkIndexHeader,
+  HASH_NONE,
+  HASH_SHA2,
 } from './format.ts';
 
 export type ChunkCompression = 'none' | 'zstd';

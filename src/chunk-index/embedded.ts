@@ -22,8 +22,8 @@ import {
   MEDIA_TYPE_CHUNK_INDEX,
   SKIPPABLE_MAGIC_MAX,
   SKIPPABLE_MAGIC_MIN,
-  ZSTD_SUFFIX,
   skippableFrameHeader,
+  ZSTD_SUFFIX,
 } from './format.ts';
 
 const unzstd = promisify(zstdDecompress);
