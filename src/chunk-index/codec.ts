@@ -11,10 +11,10 @@ import {
   CHUNK_INDEX_VERSION,
   COMPRESSION_NONE,
   COMPRESSION_ZSTD,
-  chunkEntryHead,
-  chunkIndexHeader,
   HASH_NONE,
   HASH_SHA2,
+  chunkEntryHead,
+  chunkIndexHeader,
 } from './format.ts';
 
 export type ChunkCompression = 'none' | 'zstd';

@@ -22,8 +22,8 @@ import {
   MEDIA_TYPE_CHUNK_INDEX,
   SKIPPABLE_MAGIC_MAX,
   SKIPPABLE_MAGIC_MIN,
-  skippableFrameHeader,
   ZSTD_SUFFIX,
+  skippableFrameHeader,
 } from './format.ts';
 
 const unzstd = promisify(zstdDecompress);

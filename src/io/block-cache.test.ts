@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { test } from 'node:test';
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
-import { origin, random, unavailable } from '../../test-support/block-cache-origins.ts';
 import { createBlockCache, type RangeFetch } from './block-cache.ts';
+import { origin, random, unavailable } from '../../test-support/block-cache-origins.ts';
 
 test('createBlockCache returns exactly the source bytes for random concurrent reads', async () => {
   await fc.assert(

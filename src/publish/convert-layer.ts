@@ -9,7 +9,7 @@ import { createReadStream } from 'node:fs';
 import { appendFile, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { build } from '../builder/build.ts';
-import { type ChunkedLayer, ChunkedLayerEncoder } from '../chunk-index/index.ts';
+import { ChunkedLayerEncoder, type ChunkedLayer } from '../chunk-index/index.ts';
 import type { BlockSize } from '../erofs/writer.ts';
 import { fileError } from '../io/files.ts';
 import type { Image, LayerDescriptor } from '../oci/index.ts';

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { test } from 'node:test';
-import { origin, random, unavailable, withDir } from '../../../test-support/block-cache-origins.ts';
 import { isErofsOciError } from '../../errors.ts';
 import { openBlockCache } from '../block-cache.ts';
+import { origin, random, unavailable, withDir } from '../../../test-support/block-cache-origins.ts';
 
 test('openBlockCache keeps fetched blocks on disk and a re-opened cache reads them with zero fetches', async () => {
   await withDir(async (dir) => {

@@ -5,10 +5,10 @@ import {
   mkdir,
   mkdtemp,
   open,
-  rename,
   rmdir,
   unlink,
   writeFile,
+  rename,
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { test } from 'node:test';
-import { origin, random, withDir } from '../../../test-support/block-cache-origins.ts';
 import { openBlockCache, readCachedHead } from '../block-cache.ts';
+import { origin, random, withDir } from '../../../test-support/block-cache-origins.ts';
 
 test('readCachedHead answers from a disk entry only when every block of the head is listed and intact', async () => {
   await withDir(async (dir) => {

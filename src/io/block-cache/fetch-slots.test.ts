@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import fc from 'fast-check';
-import { random } from '../../../test-support/block-cache-origins.ts';
 import { createBlockCache } from '../block-cache.ts';
+import fc from 'fast-check';
 import { FetchSlots } from './fetch-slots.ts';
+import { random } from '../../../test-support/block-cache-origins.ts';
 
 test('createBlockCache serves demand reads before queued readahead', async () => {
   const size = 1 << 20;

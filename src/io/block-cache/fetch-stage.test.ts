@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { origin, random } from '../../../test-support/block-cache-origins.ts';
 import { ErofsOciError } from '../../errors.ts';
+import { origin, random } from '../../../test-support/block-cache-origins.ts';
 import { createBlockCache } from '../block-cache.ts';
 import { BlockGrid } from '../block-grid.ts';
 import type { FetchStage } from './fetch-stage.ts';

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { origin, random } from '../../../test-support/block-cache-origins.ts';
 import { createBlockCache } from '../block-cache.ts';
 import { BlockGrid } from '../block-grid.ts';
 import { MemoryLru } from './memory-lru.ts';
+import { origin, random } from '../../../test-support/block-cache-origins.ts';
 
 test('createBlockCache evicts blocks read through before blocks read in part', async () => {
   const bytes = random(40_000);

@@ -1,22 +1,22 @@
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
 import fc from 'fast-check';
-import {
-  digestOf,
-  flipped,
-  origin,
-  random,
-  unavailable,
-  uncovered,
-  withDir,
-} from '../../../test-support/block-cache-origins.ts';
 import { isErofsOciError } from '../../errors.ts';
 import { createBlockCache, openBlockCache } from '../block-cache.ts';
 import { BlockGrid } from '../block-grid.ts';
 import { OrderedVerifier } from './ordered-verifier.ts';
+import {
+  origin,
+  random,
+  unavailable,
+  withDir,
+  digestOf,
+  flipped,
+  uncovered,
+} from '../../../test-support/block-cache-origins.ts';
 
 test('createBlockCache verifies the digest once every block has been fetched, in any read order', async () => {
   await fc.assert(

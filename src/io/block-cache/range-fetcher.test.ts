@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { origin, random, unavailable } from '../../../test-support/block-cache-origins.ts';
 import { ErofsOciError, isErofsOciError } from '../../errors.ts';
 import { createBlockCache } from '../block-cache.ts';
+import { origin, random, unavailable } from '../../../test-support/block-cache-origins.ts';
 
 test('createBlockCache retries transient failures with backoff and then succeeds', async () => {
   const bytes = random(5000);

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { origin, random } from '../../../test-support/block-cache-origins.ts';
 import { createBlockCache } from '../block-cache.ts';
 import { BlockGrid } from '../block-grid.ts';
 import { Readahead, ReadaheadStreams } from './readahead.ts';
+import { origin, random } from '../../../test-support/block-cache-origins.ts';
 
 test('createBlockCache reads ahead of a sequential stream with a growing window', async () => {
   const size = 4 << 20;

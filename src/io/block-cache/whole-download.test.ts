@@ -1,18 +1,18 @@
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
-import {
-  digestOf,
-  flipped,
-  random,
-  unavailable,
-  wholeOrigin,
-  withDir,
-} from '../../../test-support/block-cache-origins.ts';
 import { isErofsOciError } from '../../errors.ts';
 import { createBlockCache, openBlockCache } from '../block-cache.ts';
+import {
+  random,
+  unavailable,
+  withDir,
+  digestOf,
+  flipped,
+  wholeOrigin,
+} from '../../../test-support/block-cache-origins.ts';
 
 test('createBlockCache downloads an object that ignores ranges once: into memory, a temporary file or the disk cache', async () => {
   for (const store of ['memory', 'temporary file', 'disk cache'] as const) {
