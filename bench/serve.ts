@@ -36,8 +36,8 @@ import { mkdir, mkdtemp, rm, rmdir } from 'node:fs/promises';
 import {
   Agent,
   createServer,
-  request as httpRequest,
   type IncomingMessage,
+  request as httpRequest,
   type ServerResponse,
 } from 'node:http';
 import { cpus, loadavg, tmpdir } from 'node:os';
