@@ -35,6 +35,8 @@ export interface VerifiedSourceOptions {
   memoryBytes?: number;
   /** Largest single range request when adjacent chunks are missing (default 8 MiB; one chunk at least). */
   maxRequestBytes?: number;
+  /** Chunks fetched ahead once reads go sequentially (default 2; 0 turns readahead off). */
+  readaheadChunks?: number;
   /** Verified chunks kept on disk, re-checked when loaded. */
   store?: ChunkStore;
   log?: (line: string) => void;
@@ -79,6 +81,9 @@ export function openVerifiedSource(
   const memoryBytes = options.memoryBytes ?? 64 * 1024 * 1024;
   const maxRequestBytes = options.maxRequestBytes ?? 8 * 1024 * 1024;
   const log = options.log ?? (() => {});
+  const readaheadChunks = options.readaheadChunks ?? 2;
+  /** The last chunk the previous read needed: a read starting there or right after it is sequential. */
+  let lastRead = -2;
   const stats: VerifiedStats = {
     verifiedChunks: 0,
     failedChunks: 0,
@@ -291,26 +296,38 @@ export function openVerifiedSource(
       throwIfAborted(readOptions.signal);
       const first = findChunk(index, offset);
       const last = findChunk(index, offset + length - 1);
-      const parts = await chunkData(first, last, readOptions.signal);
-      if (first === last) {
-        const start = offset - chunks[first]!.uncompressedOffset;
-        return parts[0]!.subarray(start, start + length);
+      const sequential = first === lastRead || first === lastRead + 1;
+      lastRead = last;
+      const parts = chunkData(first, last, readOptions.signal);
+      if (sequential && readaheadChunks > 0 && last + 1 < chunks.length) {
+        // Fetched ahead without the reader's signal (it is not the reader's fetch) and without waiting;
+        // a failure there is not reported: the read that needs the chunk fetches it again.
+        const end = Math.min(chunks.length - 1, last + readaheadChunks);
+        chunkData(last + 1, end).catch(() => {});
       }
-      const out = new Uint8Array(length);
-      for (let k = 0; k < parts.length; k++) {
-        const chunk = chunks[first + k]!;
-        const from = Math.max(offset, chunk.uncompressedOffset);
-        const to = Math.min(offset + length, chunk.uncompressedOffset + chunk.uncompressedLength);
-        out.set(
-          parts[k]!.subarray(from - chunk.uncompressedOffset, to - chunk.uncompressedOffset),
-          from - offset,
-        );
-      }
-      return out;
+      return assemble(first, await parts, offset, length);
     },
     async close(): Promise<void> {
       memory.clear();
       memoryUsed = 0;
     },
   };
+
+  function assemble(first: number, parts: Uint8Array[], offset: number, length: number): Uint8Array {
+    if (parts.length === 1) {
+      const start = offset - chunks[first]!.uncompressedOffset;
+      return parts[0]!.subarray(start, start + length);
+    }
+    const out = new Uint8Array(length);
+    for (let k = 0; k < parts.length; k++) {
+      const chunk = chunks[first + k]!;
+      const from = Math.max(offset, chunk.uncompressedOffset);
+      const to = Math.min(offset + length, chunk.uncompressedOffset + chunk.uncompressedLength);
+      out.set(
+        parts[k]!.subarray(from - chunk.uncompressedOffset, to - chunk.uncompressedOffset),
+        from - offset,
+      );
+    }
+    return out;
+  }
 }
