@@ -26,6 +26,7 @@ import { benchConvert } from './convert.ts';
 import { benchMount } from './mount.ts';
 import { benchRegistryBuild } from './registry-build.ts';
 import { benchServe } from './serve.ts';
+import { benchVerified } from './verified.ts';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..');
@@ -170,6 +171,15 @@ const suites: Record<string, () => void | Promise<void>> = {
       addRow: (row) => rows.push(['mount', ...row]),
       setResults: (value) => {
         results.mount = value;
+      },
+    }),
+  verified: () =>
+    benchVerified({
+      root,
+      benchDir,
+      addRow: (row) => rows.push(['verified', ...row]),
+      setResults: (value) => {
+        results.verified = value;
       },
     }),
 };

@@ -13,6 +13,8 @@ import { concatSources } from '../io/concat-source.ts';
 import { type FileSource, openFileSource } from '../io/file-source.ts';
 import { type ImageSource, isRangeReader, type LayerDescriptor } from '../oci/index.ts';
 import { wasAnsweredWhole } from '../oci/registry-client.ts';
+import { openVerifiedLayer } from '../verified/open.ts';
+import { openWholeZstdLayer } from './whole-zstd.ts';
 
 export interface DeviceOptions {
   /** Local index-mode image of the layer: export `[META][uncompressed tar]`. */
@@ -33,7 +35,12 @@ export interface LayerDevice {
   source: ByteSource;
   /** What the device is, for logs: `blob sha256:…` or `hybrid sha256:…`. */
   description: string;
-  blobCache: BlockCache;
+  /** The blob's block cache; absent for chunk-verified and whole-decompressed layers. */
+  blobCache?: BlockCache;
+  /** How the bytes served are checked, for logs and `list --json`. */
+  verification: 'chunk-verified' | 'whole-blob';
+  /** What the device fetched, for the log line when it stops. */
+  summary(): string;
   close(): Promise<void>;
 }
 
@@ -46,6 +53,47 @@ export async function openLayerDevice(
     throw new ErofsOciError('unsupported', `${image.name} cannot be read lazily (no range reads)`);
   }
   const reader = image;
+  if (options.tarIndex === undefined && layer.format.kind === 'erofs') {
+    // A layer with a chunk index: every chunk checked before it goes further (src/verified/).
+    const name = `layer ${layer.digest} of ${image.name}`;
+    const blob: ByteSource = {
+      size: layer.size,
+      read: (offset, length, readOptions) =>
+        reader.readRange(layer.digest, offset, length, { signal: readOptions?.signal ?? options.signal }),
+    };
+    const verified = await openVerifiedLayer(blob, layer, {
+      name,
+      ...(options.cacheDir === undefined ? {} : { cacheDir: options.cacheDir }),
+      ...(options.cacheBytes === undefined ? {} : { memoryBytes: options.cacheBytes }),
+      ...(options.log === undefined ? {} : { log: options.log }),
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
+    });
+    if (verified !== undefined) {
+      options.log?.(
+        `${name}: chunk index verified (${verified.index.entries.length} chunks, ${verified.index.compression}); every chunk is checked before it is served`,
+      );
+      return {
+        source: verified,
+        description: `chunk-verified ${layer.digest}`,
+        verification: 'chunk-verified',
+        summary: () => {
+          const s = verified.stats;
+          return `fetched ${s.fetchedBytes} bytes in ${s.requests} requests, ${s.verifiedChunks} chunks verified (${s.storeHits} from disk), ${s.failedChunks} checksum failures`;
+        },
+        close: () => verified.close(),
+      };
+    }
+    if (layer.format.compression === 'zstd') {
+      const whole = await openWholeZstdLayer(image, layer, options);
+      return {
+        source: whole.source,
+        description: `decompressed ${layer.digest}`,
+        verification: 'whole-blob',
+        summary: () => `fetched ${layer.size} bytes once, decompressed and verified`,
+        close: () => whole.close(),
+      };
+    }
+  }
   let head: Uint8Array | undefined;
   let anchors: number[] = [];
   if (
@@ -94,6 +142,8 @@ export async function openLayerDevice(
       source: blobCache,
       description: `blob ${layer.digest}`,
       blobCache,
+      verification: 'whole-blob',
+      summary: () => cacheSummary(blobCache),
       close: () => blobCache.close(),
     };
   }
@@ -151,6 +201,8 @@ export async function openLayerDevice(
       source: concatSources([opened, tar]),
       description: `hybrid ${layer.digest}`,
       blobCache,
+      verification: 'whole-blob',
+      summary: () => cacheSummary(blobCache),
       close: async () => {
         await opened.close();
         await blobCache.close();
@@ -161,4 +213,9 @@ export async function openLayerDevice(
     await blobCache.close();
     throw error;
   }
+}
+
+function cacheSummary(blobCache: BlockCache): string {
+  const stats = blobCache.stats();
+  return `fetched ${stats.bytesFetched} bytes in ${stats.fetches} requests, ${stats.hits} cache hits, digest ${stats.verification}`;
 }

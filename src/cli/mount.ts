@@ -14,7 +14,8 @@ import {
   unmountLazy,
 } from '../mount/lazy-mount.ts';
 import { listRecords, type RegistrySettings, stateRoot } from '../mount/state.ts';
-import { formatPlatform, type LayerDescriptor, parseSourceReference } from '../oci/index.ts';
+import { formatPlatform, isRangeReader, type LayerDescriptor, parseSourceReference } from '../oci/index.ts';
+import { hasChunkIndex, readVerifiedChunkIndex } from '../verified/open.ts';
 import type { CommandIo } from './io.ts';
 import {
   joinNegativeLayer,
@@ -45,6 +46,8 @@ Options:
   --backend B         fuse (a FUSE file per layer, file-backed EROFS mount; no NBD driver needed),
                       nbd (/dev/nbdX through nbd-client), or auto (default: nbd when /dev/nbd0 exists)
   --io-timeout SECONDS  how long reads wait for a dead server to be reattached (default 300)
+  --require-verified  refuse layers without a chunk index (exit 5): every byte served is then checked
+                      against a chunk digest before the kernel sees it
   --debug             show the causes of errors
   -h, --help          this help
 
@@ -96,6 +99,7 @@ export async function mountCommand(args: string[], io: CommandIo): Promise<numbe
       backend: { type: 'string' },
       'io-timeout': { type: 'string' },
       debug: { type: 'boolean' },
+      'require-verified': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
       ...registryOptions,
     },
@@ -143,13 +147,22 @@ export async function mountCommand(args: string[], io: CommandIo): Promise<numbe
     const layers: LayerPlan[] = selected.map((layer) => {
       const index = all.indexOf(layer);
       if (isErofsLayer(layer)) {
-        if (layer.format.kind === 'erofs' && layer.format.compression !== 'none') {
+        if (values['require-verified'] && !hasChunkIndex(layer)) {
           throw new ErofsOciError(
-            'unsupported',
-            `layer ${layer.digest} is ${layer.format.compression}-compressed EROFS, which cannot be read lazily`,
+            'corrupt',
+            `layer ${index} (${layer.digest}) has no chunk index: its bytes cannot be verified before they are served`,
+            { hint: 'convert the image with erofs-oci convert, or mount without --require-verified' },
           );
         }
-        return { index, digest: layer.digest, mediaType: layer.mediaType, size: layer.size, kind: 'erofs' };
+        return {
+          index,
+          digest: layer.digest,
+          mediaType: layer.mediaType,
+          size: layer.size,
+          kind: 'erofs',
+          ...(layer.annotations === undefined ? {} : { annotations: { ...layer.annotations } }),
+          verification: hasChunkIndex(layer) ? 'chunk-verified' : 'whole-blob',
+        };
       }
       if (values.tarindex === undefined) {
         throw new ErofsOciError(
@@ -172,6 +185,24 @@ export async function mountCommand(args: string[], io: CommandIo): Promise<numbe
         ...(values.zinfo === undefined ? {} : { zinfo: resolve(values.zinfo) }),
       };
     });
+    // Chunk indexes are checked against their digests here, before anything is started: a wrong index is
+    // a refused mount (exit 5) naming the layer, not a server that fails to start.
+    if (isRangeReader(image)) {
+      const reader = image;
+      await Promise.all(
+        selected.filter(hasChunkIndex).map((layer) =>
+          readVerifiedChunkIndex(
+            {
+              size: layer.size,
+              read: (offset, length, options) =>
+                reader.readRange(layer.digest, offset, length, options ?? {}),
+            },
+            layer,
+            { name: `layer ${all.indexOf(layer)} (${layer.digest})`, signal: io.signal },
+          ),
+        ),
+      );
+    }
     const record = await mountLazy({
       source,
       pinnedSource: pinnedSource(source, manifest.digest),
@@ -239,6 +270,9 @@ export async function listCommand(args: string[], io: CommandIo): Promise<number
       index: l.index,
       digest: l.digest,
       kind: l.kind,
+      // chunk-verified: every chunk checked before it is served; whole-blob: the blob digest is checked
+      // once every block has been fetched (not yet verified until then).
+      verification: l.verification ?? 'whole-blob',
       device: l.device,
       serverPid: l.serverPid,
       serverAlive: isAlive(l.serverPid),

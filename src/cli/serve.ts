@@ -7,6 +7,7 @@ import { ErofsOciError } from '../errors.ts';
 import type { LayerServerConfig } from '../mount/state.ts';
 import { type NbdServer, serveNbd } from '../nbd/server.ts';
 import { type ImageSource, isDigest, type LayerDescriptor, layerFormat } from '../oci/index.ts';
+import { hasChunkIndex } from '../verified/open.ts';
 import { type DeviceOptions, type LayerDevice, openLayerDevice } from './device.ts';
 import type { CommandIo } from './io.ts';
 import {
@@ -26,6 +27,10 @@ never returns bytes it does not have. Once every block of the blob has been fetc
 checked; on a mismatch the cache is dropped and every read fails. Without --cache-dir, blocks fetched
 ahead of that check wait for it in an unlinked file in $TMPDIR (at most 1 GiB). A registry that
 ignores Range has the blob downloaded once into the cache.
+A layer with a chunk index (erofs-oci convert writes one) is served as its EROFS image with every
+chunk checked against its SHA-256 before it is served or cached: a chunk that fails is fetched once
+more, then its reads fail (EIO) and the log names it. +zstd layers are decompressed chunk by chunk
+(lazily with an index; without one fetched whole and checked against org.erofs.uncompressed-digest).
 
 Options:
   --listen ADDR       unix:PATH or tcp:HOST:PORT (required)
@@ -40,6 +45,7 @@ Options:
   --export-name NAME  NBD export name (default: empty)
   --cache-dir DIR     keep fetched blocks on disk (reused on restart)
   --cache-mib N       memory cache budget (default 64)
+  --require-verified  refuse a layer without a chunk index (exit 5)
   --fetch-kib N       fetch unit (default 1024)
   --debug             show the causes of errors
   -h, --help          this help
@@ -86,8 +92,13 @@ function knownLayer(values: {
 }
 
 /** A layer known by its descriptor's fields, without the manifest that lists it. */
-function describedLayer(digest: string, size: number, mediaType: string): LayerDescriptor {
-  return { digest, size, mediaType, format: layerFormat(mediaType) };
+function describedLayer(
+  digest: string,
+  size: number,
+  mediaType: string,
+  annotations?: Record<string, string>,
+): LayerDescriptor {
+  return { digest, size, mediaType, format: layerFormat(mediaType), ...(annotations ? { annotations } : {}) };
 }
 
 export async function serveCommand(args: string[], io: CommandIo): Promise<number> {
@@ -104,6 +115,7 @@ export async function serveCommand(args: string[], io: CommandIo): Promise<numbe
       'cache-dir': { type: 'string' },
       'cache-mib': { type: 'string' },
       'fetch-kib': { type: 'string' },
+      'require-verified': { type: 'boolean' },
       debug: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
       ...registryOptions,
@@ -136,6 +148,13 @@ export async function serveCommand(args: string[], io: CommandIo): Promise<numbe
       [layer] = selectLayers(all, values);
     }
     if (!layer) throw new ErofsOciError('not-found', 'no layer selected');
+    if (values['require-verified'] && !hasChunkIndex(layer)) {
+      throw new ErofsOciError(
+        'corrupt',
+        `layer ${layer.digest} has no chunk index: its bytes cannot be verified before they are served`,
+        { hint: 'convert the image with erofs-oci convert, or serve without --require-verified' },
+      );
+    }
     await serveLayers(
       image,
       [
@@ -210,10 +229,7 @@ async function serveLayers(
   } finally {
     await Promise.allSettled(servers.map((server) => server.close()));
     for (const device of devices) {
-      const stats = device.blobCache.stats();
-      log(
-        `stopped ${device.description}; fetched ${stats.bytesFetched} bytes in ${stats.fetches} requests, ${stats.hits} cache hits, digest ${stats.verification}`,
-      );
+      log(`stopped ${device.description}; ${device.summary()}`);
     }
     await Promise.allSettled(devices.map((device) => device.close()));
   }
@@ -264,7 +280,7 @@ export async function serveLayersCommand(args: string[], io: CommandIo): Promise
     await serveLayers(
       image,
       config.layers.map((layer) => ({
-        layer: describedLayer(layer.digest, layer.size, layer.mediaType),
+        layer: describedLayer(layer.digest, layer.size, layer.mediaType, layer.annotations),
         listen: { kind: 'unix', path: layer.socket },
         exportName: '',
         device: {

@@ -32,7 +32,7 @@ import {
 /** What the mount command resolved for a layer; the record adds where it is served and by whom. */
 export type LayerPlan = Pick<
   LayerRecord,
-  'index' | 'digest' | 'mediaType' | 'size' | 'kind' | 'tarIndex' | 'zinfo'
+  'index' | 'digest' | 'mediaType' | 'size' | 'kind' | 'tarIndex' | 'zinfo' | 'annotations' | 'verification'
 >;
 
 export interface MountPlan {
@@ -157,6 +157,7 @@ export async function startServers(
       cacheDir: join(options.dir, `cache-${layer.index}`),
       ...(layer.tarIndex === undefined ? {} : { tarIndex: layer.tarIndex }),
       ...(layer.zinfo === undefined ? {} : { zinfo: layer.zinfo }),
+      ...(layer.annotations === undefined ? {} : { annotations: layer.annotations }),
     })),
   };
   const configPath = join(options.dir, 'server.json');

@@ -21,6 +21,12 @@ export interface LayerRecord {
   kind: 'erofs' | 'hybrid';
   tarIndex?: string;
   zinfo?: string;
+  /**
+   * The descriptor's annotations from the digest-pinned manifest (the chunk index is found and pinned by
+   * them), and how its bytes are checked: per chunk before serving, or the whole blob once complete.
+   */
+  annotations?: Record<string, string>;
+  verification?: 'chunk-verified' | 'whole-blob';
   /** NBD socket of the serving process. */
   socket: string;
   /** The regular file the FUSE device holder serves (fuse backend) or the NBD device (nbd backend). */
@@ -60,6 +66,7 @@ export interface LayerServerConfig {
     cacheDir: string;
     tarIndex?: string;
     zinfo?: string;
+    annotations?: Record<string, string>;
   }[];
 }
 

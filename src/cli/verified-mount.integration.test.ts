@@ -1,0 +1,323 @@
+/**
+ * Verified lazy mounts end to end (root, real kernel, real registry whose storage the test owns): images
+ * converted by `erofs-oci convert`, raw and `--compress zstd`, mounted with `--require-verified` and compared
+ * with the tree GNU tar extracts; then one flipped byte in a blob in the registry's storage fails exactly the
+ * file that holds it (EIO), a flipped byte in the chunk index refuses the mount (exit 5), and an image
+ * without chunk indexes is refused under `--require-verified`.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import {
+  buildReproducible,
+  check,
+  cliEntry,
+  findExecutable,
+  isRoot,
+  nodeBinary,
+  runCli,
+  type Snapshot,
+  snapshot,
+  type TmpDir,
+  tmpdir,
+} from '../../test-support/kernel.ts';
+import { assertSameTree, buildExpected } from '../../test-support/oracle.ts';
+import {
+  type RegistryHandle,
+  registryUnavailableReason,
+  skopeo,
+  startRegistry,
+} from '../../test-support/registry.ts';
+import { blobOf, imageOfBlobs, makeTar, writeLayout } from '../../test-support/registry-fixtures.ts';
+import { parseRange } from '../chunk-index/index.ts';
+
+const skip = !isRoot()
+  ? 'needs root to mount'
+  : (registryUnavailableReason() ?? (existsSync('/dev/fuse') ? undefined : 'needs /dev/fuse'));
+
+const sha256 = (bytes: Uint8Array) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+
+interface Manifest {
+  layers: { mediaType: string; digest: string; size: number; annotations?: Record<string, string> }[];
+}
+
+describe('verified mounts', { skip }, () => {
+  let dir: TmpDir;
+  let registry: RegistryHandle;
+  let env: NodeJS.ProcessEnv;
+  let tars: string[];
+  let expected: Snapshot;
+  let storage: string;
+
+  before(async () => {
+    dir = await tmpdir();
+    env = { ...process.env, EROFS_OCI_STATE_DIR: join(dir.path, 'state') };
+    const files: Record<string, string | Buffer>[] = [
+      { 'big.bin': randomBytes(6 * 1024 * 1024), 'etc/a.conf': 'a=1\n', 'small.txt': 'small\n' },
+      { 'top.txt': 'top\n', 'more.bin': randomBytes(300_000), 'etc/.wh.a.conf': '' },
+    ];
+    tars = [];
+    const blobs = [];
+    const diffIds = [];
+    for (const [i, layerFiles] of files.entries()) {
+      const tar = await makeTar(layerFiles);
+      const path = join(dir.path, `layer-${i}.tar`);
+      await writeFile(path, tar);
+      tars.push(path);
+      blobs.push(blobOf('application/vnd.oci.image.layer.v1.tar+gzip', gzipSync(tar)));
+      diffIds.push(sha256(tar));
+    }
+    const source = join(dir.path, 'source');
+    await writeLayout(source, 'v1', [imageOfBlobs(blobs, diffIds)], false);
+    await buildExpected(join(dir.path, 'expected'), tars, 'merged');
+    expected = withoutDirNlink(await snapshot(join(dir.path, 'expected')));
+    storage = join(dir.path, 'storage');
+    registry = await startRegistry({ storageDir: storage });
+    for (const [name, options] of [
+      ['raw', []],
+      ['zstd', ['--compress', 'zstd']],
+    ] as const) {
+      const out = join(dir.path, `out-${name}`);
+      const converted = await runCli(['convert', '--quiet', ...options, `oci:${source}:v1`, `oci:${out}:v1`]);
+      assert.equal(converted.status, 0, converted.stderr);
+      await skopeo([
+        'copy',
+        '--dest-tls-verify=false',
+        `oci:${out}:v1`,
+        `docker://${registry.host}/test/${name}:v1`,
+      ]);
+    }
+    // An image without chunk indexes: layers built by `build`.
+    const plain = await buildReproducible(`tar:${tars[0]}`, join(dir.path, 'plain.erofs'));
+    const plainLayout = join(dir.path, 'plain');
+    await writeLayout(
+      plainLayout,
+      'v1',
+      [imageOfBlobs([blobOf('application/vnd.erofs.layer.v1', plain)], [sha256(plain)])],
+      false,
+    );
+    await skopeo([
+      'copy',
+      '--dest-tls-verify=false',
+      `oci:${plainLayout}:v1`,
+      `docker://${registry.host}/test/plain:v1`,
+    ]);
+  });
+
+  after(async () => {
+    const listed = await runCli(['list', '--json'], { env });
+    for (const m of (JSON.parse(listed.stdout || '[]') as { mountpoint: string }[]) ?? [])
+      await runCli(['umount', m.mountpoint], { env });
+    await registry?.stop();
+    await dir?.cleanup();
+  });
+
+  const ref = (name: string) => `${registry.host}/test/${name}:v1`;
+
+  async function manifestOf(name: string): Promise<Manifest> {
+    return JSON.parse(
+      await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${ref(name)}`]),
+    ) as Manifest;
+  }
+
+  function blobFile(digest: string): string {
+    const hex = digest.slice('sha256:'.length);
+    return join(storage, 'docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
+  }
+
+  async function flip(path: string, offset: number): Promise<() => Promise<void>> {
+    const handle = await open(path, 'r+');
+    try {
+      const byte = Buffer.alloc(1);
+      await handle.read(byte, 0, 1, offset);
+      await handle.write(Buffer.from([byte[0]! ^ 0x55]), 0, 1, offset);
+    } finally {
+      await handle.close();
+    }
+    return async () => {
+      await flip(path, offset);
+    };
+  }
+
+  async function mounted<T>(name: string, args: string[], fn: (mnt: string) => Promise<T>): Promise<T> {
+    const mnt = join(dir.path, `mnt-${name}-${Math.random().toString(36).slice(2)}`);
+    await mkdir(mnt);
+    const result = await runCli(['mount', '--insecure', '--backend', 'fuse', ...args, ref(name), mnt], {
+      env,
+    });
+    assert.equal(result.status, 0, result.stderr);
+    try {
+      return await fn(mnt);
+    } finally {
+      const done = await runCli(['umount', mnt], { env });
+      assert.equal(done.status, 0, done.stderr);
+    }
+  }
+
+  for (const name of ['raw', 'zstd']) {
+    it(`a converted ${name} image mounts lazily with --require-verified and equals the expected tree`, async () => {
+      await mounted(name, ['--require-verified'], async (mnt) => {
+        assertSameTree(expected, withoutDirNlink(await snapshot(mnt)), {
+          ignoreRoot: true,
+          ignoreDirMtimes: true,
+        });
+        const listed = JSON.parse((await runCli(['list', '--json'], { env })).stdout) as {
+          layers: { verification: string }[];
+        }[];
+        assert.deepEqual(
+          listed[0]?.layers.map((l) => l.verification),
+          ['chunk-verified', 'chunk-verified'],
+        );
+      });
+    });
+  }
+
+  it('a flipped byte in a zstd blob fails the file holding it with EIO, and only that file', async () => {
+    const manifest = await manifestOf('zstd');
+    const layer = manifest.layers[0]!;
+    // The middle chunk of layer 0 lies inside big.bin (6 MiB of the layer's image).
+    const range = parseRange(layer.annotations!['org.erofs.chunk-index.range']!);
+    const offset = Math.floor(range.offset / 2);
+    const restore = await flip(blobFile(layer.digest), offset);
+    try {
+      await mounted('zstd', [], async (mnt) => {
+        await assert.rejects(
+          readFile(join(mnt, 'big.bin')),
+          (error: NodeJS.ErrnoException) => error.code === 'EIO',
+        );
+        assert.equal(await readFile(join(mnt, 'small.txt'), 'utf8'), 'small\n');
+        assert.equal(await readFile(join(mnt, 'top.txt'), 'utf8'), 'top\n');
+        const more = await readFile(join(mnt, 'more.bin'));
+        assert.equal(more.byteLength, 300_000);
+        const logs = await grepLogs(join(dir.path, 'state'), 'fails its checksum');
+        assert.ok(
+          logs.some((line) => /chunk \d+ \(blob bytes \[\d+, \d+\)/.test(line)),
+          logs.join('\n'),
+        );
+        assert.ok(
+          logs.some((line) => line.includes(layer.digest)),
+          logs.join('\n'),
+        );
+      });
+    } finally {
+      await restore();
+    }
+  });
+
+  it('a flipped byte in the chunk index refuses the mount with exit 5', async () => {
+    const manifest = await manifestOf('raw');
+    const layer = manifest.layers[1]!;
+    const range = parseRange(layer.annotations!['org.erofs.chunk-index.range']!);
+    const restore = await flip(blobFile(layer.digest), range.offset + 40);
+    try {
+      const mnt = join(dir.path, 'mnt-bad-index');
+      await mkdir(mnt);
+      const result = await runCli(['mount', '--insecure', '--backend', 'fuse', ref('raw'), mnt], { env });
+      assert.equal(result.status, 5, result.stderr);
+      assert.match(result.stderr, /chunk index/);
+    } finally {
+      await restore();
+    }
+  });
+
+  it('serve: nbdcopy of a +zstd layer hashes to its uncompressed digest; a tampered disk cache is refetched after a restart', {
+    skip: findExecutable('nbdcopy') ? undefined : 'needs nbdcopy',
+  }, async () => {
+    const manifest = await manifestOf('zstd');
+    const layer = manifest.layers[0]!;
+    const wanted = layer.annotations!['org.erofs.uncompressed-digest']!;
+    const cacheDir = join(dir.path, 'serve-cache');
+    const socket = join(dir.path, 'serve.sock');
+    const serveOnce = async (name: string): Promise<{ hash: string; log: string }> => {
+      const child = spawn(
+        nodeBinary,
+        [
+          cliEntry,
+          'serve',
+          '--insecure',
+          '--layer',
+          '0',
+          '--cache-dir',
+          cacheDir,
+          ref('zstd'),
+          '--listen',
+          `unix:${socket}`,
+        ],
+        {
+          stdio: ['ignore', 'ignore', 'pipe'],
+        },
+      );
+      let log = '';
+      child.stderr?.on('data', (c: Buffer) => {
+        log += c.toString();
+      });
+      try {
+        for (let i = 0; i < 200 && !existsSync(socket); i++) {
+          if (child.exitCode !== null) throw new Error(`serve exited early: ${log}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const out = join(dir.path, `${name}.img`);
+        await check('nbdcopy', ['--', `nbd+unix:///?socket=${socket}`, out]);
+        return { hash: sha256(await readFile(out)), log };
+      } finally {
+        child.kill('SIGTERM');
+        await new Promise((resolve) =>
+          child.exitCode !== null ? resolve(null) : child.once('exit', resolve),
+        );
+        await rm(socket, { force: true });
+      }
+    };
+    const first = await serveOnce('first');
+    assert.equal(first.hash, wanted, first.log);
+    const chunks = await readdir(join(cacheDir, 'chunks'));
+    assert.ok(chunks.length > 1, 'verified chunks are on disk');
+    const victim = join(cacheDir, 'chunks', chunks[0]!);
+    const bytes = await readFile(victim);
+    bytes[bytes.byteLength >> 1]! ^= 0x01;
+    await writeFile(victim, bytes);
+    const second = await serveOnce('second');
+    assert.equal(second.hash, wanted, second.log);
+    assert.match(second.log, /disk cache copy of chunk \d+ .* fails its checksum/);
+  });
+
+  it('--require-verified refuses an image without chunk indexes, naming the layer', async () => {
+    const mnt = join(dir.path, 'mnt-plain');
+    await mkdir(mnt);
+    const manifest = await manifestOf('plain');
+    const result = await runCli(['mount', '--insecure', '--require-verified', ref('plain'), mnt], { env });
+    assert.equal(result.status, 5, result.stderr);
+    assert.ok(result.stderr.includes(manifest.layers[0]!.digest), result.stderr);
+  });
+});
+
+function withoutDirNlink(tree: Snapshot): Snapshot {
+  const entries = Object.fromEntries(
+    Object.entries(tree.entries).map(([path, entry]) => [
+      path,
+      entry.type === 'dir' ? { ...entry, nlink: 0 } : entry,
+    ]),
+  );
+  return { ...tree, entries };
+}
+
+async function grepLogs(root: string, needle: string): Promise<string[]> {
+  const hits: string[] = [];
+  const walk = async (path: string) => {
+    for (const entry of await readdir(path, { withFileTypes: true }).catch(() => [])) {
+      const full = join(path, entry.name);
+      if (entry.isDirectory() && !entry.name.endsWith('.mnt') && !entry.name.startsWith('cache'))
+        await walk(full);
+      else if (entry.isFile() && entry.name.endsWith('.log')) {
+        for (const line of (await readFile(full, 'utf8')).split('\n'))
+          if (line.includes(needle)) hits.push(line);
+      }
+    }
+  };
+  await walk(root);
+  return hits;
+}

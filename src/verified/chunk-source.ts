@@ -1,0 +1,333 @@
+/**
+ * A layer's image data (its EROFS device) as a byte source whose every byte was checked against the chunk
+ * index (erofs-image-spec §3.4.4-3.4.5) before anyone sees it.
+ *
+ * Reads are answered chunk by chunk: a read's missing chunks are fetched along chunk boundaries, adjacent
+ * misses in one range request (up to `maxRequestBytes`), each chunk's on-blob bytes are hashed against its
+ * checksum, then decompressed when the layer is `+zstd` (one frame per chunk), and only then cached and
+ * served. A chunk that fails its checksum is logged (layer, chunk, blob and image offsets) and fetched
+ * once more on its own; failing again, the reads that need it fail with `digest-mismatch` (EIO at the
+ * kernel) and nothing of it is kept, so a later read tries the registry again. Other chunks are unaffected.
+ *
+ * The optional store (src/verified/chunk-store.ts) keeps verified on-blob chunk bytes across restarts; what
+ * it hands back is hashed again before it is believed.
+ */
+import { createHash } from 'node:crypto';
+import { promisify } from 'node:util';
+import { zstdDecompress } from 'node:zlib';
+import {
+  type ChunkIndex,
+  type ChunkLocation,
+  findChunk,
+  hashAlgorithm,
+  locateChunk,
+} from '../chunk-index/index.ts';
+import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
+import type { ByteSource, Closable, ReadOptions } from '../io/byte-source.ts';
+import type { ChunkStore } from './chunk-store.ts';
+
+const unzstd = promisify(zstdDecompress);
+
+export interface VerifiedSourceOptions {
+  /** The layer for log lines and errors, e.g. `layer 2 (sha256:…)`. */
+  name: string;
+  /** Budget for decoded chunks kept in memory (default 64 MiB; at least one request's worth is kept). */
+  memoryBytes?: number;
+  /** Largest single range request when adjacent chunks are missing (default 8 MiB; one chunk at least). */
+  maxRequestBytes?: number;
+  /** Chunks fetched ahead once reads go sequentially (default 2; 0 turns readahead off). */
+  readaheadChunks?: number;
+  /** Verified chunks kept on disk, re-checked when loaded. */
+  store?: ChunkStore;
+  log?: (line: string) => void;
+}
+
+export interface VerifiedStats {
+  /** Chunks that passed their checksum (fetched or loaded from the store). */
+  verifiedChunks: number;
+  /** Checksum failures seen (each retried once). */
+  failedChunks: number;
+  /** On-blob bytes fetched from the origin. */
+  fetchedBytes: number;
+  requests: number;
+  /** Chunks answered by the disk store. */
+  storeHits: number;
+}
+
+export interface VerifiedSource extends ByteSource, Closable {
+  readonly index: ChunkIndex;
+  readonly stats: VerifiedStats;
+}
+
+/**
+ * `blob` is the raw layer blob (range reads from the registry); `index` a parsed chunk index whose digest
+ * was already checked; `sectionOffset` the first blob byte of the chunk-index section (where the last
+ * compressed chunk ends).
+ */
+export function openVerifiedSource(
+  blob: ByteSource,
+  index: ChunkIndex,
+  sectionOffset: number,
+  options: VerifiedSourceOptions,
+): VerifiedSource {
+  const algorithm = hashAlgorithm(index);
+  if (algorithm === undefined) {
+    throw new ErofsOciError(
+      'unsupported',
+      `${options.name}: its chunk index has no checksums to verify with`,
+    );
+  }
+  const chunks = index.entries.map((_, i) => locateChunk(index, i, sectionOffset));
+  const memoryBytes = options.memoryBytes ?? 64 * 1024 * 1024;
+  const maxRequestBytes = options.maxRequestBytes ?? 8 * 1024 * 1024;
+  const log = options.log ?? (() => {});
+  const readaheadChunks = options.readaheadChunks ?? 2;
+  /** The last chunk the previous read needed: a read starting there or right after it is sequential. */
+  let lastRead = -2;
+  const stats: VerifiedStats = {
+    verifiedChunks: 0,
+    failedChunks: 0,
+    fetchedBytes: 0,
+    requests: 0,
+    storeHits: 0,
+  };
+  /** Decoded chunks, least recently used first. */
+  const memory = new Map<number, Uint8Array>();
+  let memoryUsed = 0;
+  /** Chunks being fetched or loaded: every read that needs one waits on the same promise. */
+  const pending = new Map<number, Promise<Uint8Array>>();
+
+  const remember = (i: number, data: Uint8Array): void => {
+    memory.set(i, data);
+    memoryUsed += data.byteLength;
+    for (const [key, value] of memory) {
+      if (memoryUsed <= memoryBytes || memory.size <= 1) break;
+      memory.delete(key);
+      memoryUsed -= value.byteLength;
+    }
+  };
+
+  const matches = (chunk: ChunkLocation, stored: Uint8Array): boolean =>
+    createHash(algorithm).update(stored).digest().equals(chunk.checksum);
+
+  const decode = async (chunk: ChunkLocation, stored: Uint8Array): Promise<Uint8Array> => {
+    if (index.compression === 'none') return stored;
+    let data: Uint8Array;
+    try {
+      data = await unzstd(stored, { maxOutputLength: Math.max(1, chunk.uncompressedLength) });
+    } catch (cause) {
+      // The frame matched its checksum: the producer wrote a bad frame. No refetch can help.
+      throw new CorruptInputError(
+        `${options.name}: chunk ${chunk.index} is not a zstd frame`,
+        chunk.blockOffset,
+        {
+          cause,
+        },
+      );
+    }
+    if (data.byteLength !== chunk.uncompressedLength) {
+      throw new CorruptInputError(
+        `${options.name}: chunk ${chunk.index} decompresses to ${data.byteLength} bytes, the index says ${chunk.uncompressedLength}`,
+        chunk.blockOffset,
+      );
+    }
+    return data;
+  };
+
+  const where = (chunk: ChunkLocation): string =>
+    `chunk ${chunk.index} (blob bytes [${chunk.blockOffset}, ${chunk.blockOffset + chunk.blockLength}), image bytes [${chunk.uncompressedOffset}, ${chunk.uncompressedOffset + chunk.uncompressedLength}))`;
+
+  const fetchRange = async (offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> => {
+    stats.requests++;
+    stats.fetchedBytes += length;
+    const bytes = await blob.read(offset, length, signal === undefined ? {} : { signal });
+    if (bytes.byteLength !== length) {
+      throw new ErofsOciError(
+        'io',
+        `${options.name}: asked for ${length} bytes at ${offset}, got ${bytes.byteLength}`,
+      );
+    }
+    return bytes;
+  };
+
+  /** Checks, decodes, stores and caches one chunk's fetched bytes; a mismatch is retried once alone. */
+  const accept = async (
+    chunk: ChunkLocation,
+    stored: Uint8Array,
+    signal?: AbortSignal,
+  ): Promise<Uint8Array> => {
+    if (!matches(chunk, stored)) {
+      stats.failedChunks++;
+      log(`${options.name}: ${where(chunk)} fails its checksum; fetching it once more`);
+      const again = await fetchRange(chunk.blockOffset, chunk.blockLength, signal);
+      if (!matches(chunk, again)) {
+        stats.failedChunks++;
+        log(`${options.name}: ${where(chunk)} fails its checksum again; reads of it fail (EIO)`);
+        throw new ErofsOciError(
+          'digest-mismatch',
+          `${options.name}: ${where(chunk)} does not match its checksum in the chunk index`,
+        );
+      }
+      stored = again;
+    }
+    stats.verifiedChunks++;
+    const data = await decode(chunk, stored);
+    // Verified bytes only reach the store; a store failure costs the cache, never the read.
+    await options.store?.put(chunk.checksum, stored).catch((error: Error) => {
+      log(`${options.name}: could not store ${where(chunk)}: ${error.message}`);
+    });
+    return data;
+  };
+
+  /** Loads a chunk from the store when it has it and it still matches its checksum. */
+  const fromStore = async (chunk: ChunkLocation): Promise<Uint8Array | undefined> => {
+    const store = options.store;
+    if (store === undefined) return undefined;
+    const stored = await store.get(chunk.checksum, chunk.blockLength).catch(() => undefined);
+    if (stored === undefined) return undefined;
+    if (!matches(chunk, stored)) {
+      log(
+        `${options.name}: disk cache copy of ${where(chunk)} fails its checksum; dropped and fetched again`,
+      );
+      await store.delete(chunk.checksum).catch(() => {});
+      return undefined;
+    }
+    stats.storeHits++;
+    stats.verifiedChunks++;
+    return decode(chunk, stored);
+  };
+
+  /** Fetches chunks `first..last` (all missing) in as few requests as `maxRequestBytes` allows. */
+  const fetchRun = (first: number, last: number, signal?: AbortSignal): void => {
+    let start = first;
+    while (start <= last) {
+      let end = start;
+      let length = chunks[start]!.blockLength;
+      while (end < last && length + chunks[end + 1]!.blockLength <= maxRequestBytes) {
+        end++;
+        length += chunks[end]!.blockLength;
+      }
+      const runStart = start;
+      const runEnd = end;
+      const offset = chunks[runStart]!.blockOffset;
+      const request = fetchRange(offset, length, signal);
+      for (let i = runStart; i <= runEnd; i++) {
+        const chunk = chunks[i]!;
+        const promise = request
+          .then((bytes) =>
+            accept(
+              chunk,
+              bytes.subarray(chunk.blockOffset - offset, chunk.blockOffset - offset + chunk.blockLength),
+              signal,
+            ),
+          )
+          .then(
+            (data) => {
+              pending.delete(i);
+              remember(i, data);
+              return data;
+            },
+            (error: unknown) => {
+              pending.delete(i);
+              throw error;
+            },
+          );
+        // A read that gave up on this chunk must not leave an unhandled rejection behind.
+        promise.catch(() => {});
+        pending.set(i, promise);
+      }
+      start = end + 1;
+    }
+  };
+
+  /** The decoded chunk `i`: from memory, a fetch under way, the store, or the origin. */
+  const chunkData = async (first: number, last: number, signal?: AbortSignal): Promise<Uint8Array[]> => {
+    // Missing chunks not already on their way: try the store first, then fetch the rest in runs.
+    const missing: number[] = [];
+    for (let i = first; i <= last; i++) if (!memory.has(i) && !pending.has(i)) missing.push(i);
+    if (options.store !== undefined && missing.length > 0) {
+      const loaded = await Promise.all(missing.map((i) => fromStore(chunks[i]!)));
+      for (let k = missing.length - 1; k >= 0; k--) {
+        const data = loaded[k];
+        if (data !== undefined && !memory.has(missing[k]!)) {
+          remember(missing[k]!, data);
+        }
+      }
+    }
+    let run: [number, number] | undefined;
+    for (let i = first; i <= last; i++) {
+      const absent = !memory.has(i) && !pending.has(i);
+      if (absent && run !== undefined && run[1] === i - 1) run[1] = i;
+      else if (absent) {
+        if (run !== undefined) fetchRun(run[0], run[1], signal);
+        run = [i, i];
+      }
+    }
+    if (run !== undefined) fetchRun(run[0], run[1], signal);
+    // Take every chunk (or its promise) now: a promise settles and leaves `pending` while we wait.
+    const parts: Array<Uint8Array | Promise<Uint8Array>> = [];
+    for (let i = first; i <= last; i++) {
+      const cached = memory.get(i);
+      if (cached !== undefined) {
+        // Refresh its place in the LRU.
+        memory.delete(i);
+        memory.set(i, cached);
+        parts.push(cached);
+      } else parts.push(pending.get(i)!);
+    }
+    return Promise.all(parts);
+  };
+
+  return {
+    index,
+    stats,
+    size: index.uncompressedSize,
+    async read(offset: number, length: number, readOptions: ReadOptions = {}): Promise<Uint8Array> {
+      if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0)) {
+        throw new ErofsOciError('internal', `bad read [${offset}, +${length})`);
+      }
+      if (offset + length > index.uncompressedSize) {
+        throw new ErofsOciError(
+          'internal',
+          `read [${offset}, +${length}) beyond the ${index.uncompressedSize}-byte image of ${options.name}`,
+        );
+      }
+      if (length === 0) return new Uint8Array(0);
+      throwIfAborted(readOptions.signal);
+      const first = findChunk(index, offset);
+      const last = findChunk(index, offset + length - 1);
+      const sequential = first === lastRead || first === lastRead + 1;
+      lastRead = last;
+      const parts = chunkData(first, last, readOptions.signal);
+      if (sequential && readaheadChunks > 0 && last + 1 < chunks.length) {
+        // Fetched ahead without the reader's signal (it is not the reader's fetch) and without waiting;
+        // a failure there is not reported: the read that needs the chunk fetches it again.
+        const end = Math.min(chunks.length - 1, last + readaheadChunks);
+        chunkData(last + 1, end).catch(() => {});
+      }
+      return assemble(first, await parts, offset, length);
+    },
+    async close(): Promise<void> {
+      memory.clear();
+      memoryUsed = 0;
+    },
+  };
+
+  function assemble(first: number, parts: Uint8Array[], offset: number, length: number): Uint8Array {
+    if (parts.length === 1) {
+      const start = offset - chunks[first]!.uncompressedOffset;
+      return parts[0]!.subarray(start, start + length);
+    }
+    const out = new Uint8Array(length);
+    for (let k = 0; k < parts.length; k++) {
+      const chunk = chunks[first + k]!;
+      const from = Math.max(offset, chunk.uncompressedOffset);
+      const to = Math.min(offset + length, chunk.uncompressedOffset + chunk.uncompressedLength);
+      out.set(
+        parts[k]!.subarray(from - chunk.uncompressedOffset, to - chunk.uncompressedOffset),
+        from - offset,
+      );
+    }
+    return out;
+  }
+}
