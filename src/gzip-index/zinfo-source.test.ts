@@ -267,11 +267,38 @@ describe('openZinfoSource', () => {
     await assert.rejects(
       bigger.read(99_999, 2),
       (e: unknown) =>
-        e instanceof CorruptInputError && /\(up to uncompressed offset 100000\), not \d+;/.test(e.message),
+        e instanceof CorruptInputError &&
+        /\(up to uncompressed offset 100000\), short of the 100001 declared;/.test(e.message),
     );
     await assert.rejects(
       openZinfoSource(memorySource(f.gz), f.zinfo, { uncompressedSize: 1 }),
       /uncompressed size 1 is before the last checkpoint/,
+    );
+  });
+
+  it('openZinfoSource serves a declared size shorter than the stream (erofs-utils index devices)', async () => {
+    const f = await fixture(
+      [{ size: 100_000, seed: 11, kind: 'mixed', level: 6, memLevel: 8, strategy: 0 }],
+      16384,
+    );
+    const lastOut = f.zinfo.checkpoints.at(-1)!.out;
+    for (const declared of [lastOut, lastOut + 1, 100_000 - 1024, 99_999]) {
+      const source = await openZinfoSource(memorySource(f.gz), f.zinfo, { uncompressedSize: declared });
+      assert.equal(source.size, declared);
+      assert.deepEqual(await source.read(0, declared), f.data.subarray(0, declared));
+      await assert.rejects(
+        source.read(declared - 1, 2),
+        (e: unknown) => e instanceof ErofsOciError && e.code === 'internal',
+      );
+    }
+    // The stream past the declared end is still checked: a cut-off blob fails.
+    const cut = await openZinfoSource(memorySource(f.gz.subarray(0, f.gz.byteLength - 3)), f.zinfo, {
+      uncompressedSize: 99_000,
+    });
+    await assert.rejects(
+      cut.read(98_000, 1000),
+      (e: unknown) =>
+        e instanceof CorruptInputError && /the gzip trailer is cut off|blob ends inside/.test(e.message),
     );
   });
 

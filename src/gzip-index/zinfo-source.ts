@@ -122,11 +122,29 @@ export async function openZinfoSource(
       stats.cacheHits++;
       return running;
     }
+    // The last span is inflated to the stream's end even when the caller declared a size: a declared size
+    // may stop short of the stream (erofs-utils' index images leave the tar's end-of-archive blocks out of
+    // the device), and the bytes past it are served by no read but still checked against the trailer.
+    const declared = i === last ? spanLength(i) : undefined;
     const task = inflateSpan(
-      { blob, checkpoints, index: i, expected: spanLength(i), readChunkBytes, maxSpanBytes, stats },
+      {
+        blob,
+        checkpoints,
+        index: i,
+        expected: i === last ? undefined : spanLength(i),
+        readChunkBytes,
+        maxSpanBytes,
+        stats,
+      },
       signal,
     ).then(
-      (data) => {
+      (inflated) => {
+        if (declared !== undefined && inflated.byteLength < declared) {
+          throw new CorruptInputError(
+            `Cannot read gzip blob from zinfo checkpoint ${i}: it inflates to ${inflated.byteLength} bytes (up to uncompressed offset ${lastOut + inflated.byteLength}), short of the ${size} declared; the zinfo does not belong to this blob or the blob is corrupt`,
+          );
+        }
+        const data = declared === undefined ? inflated : inflated.subarray(0, declared);
         inflight.delete(i);
         if (data.byteLength <= cacheBytes) {
           cache.set(i, data);
