@@ -106,6 +106,9 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
       directory: dirname(options.output),
       signal: options.signal,
       onBytes: (index, bytes) => options.onProgress?.(index, bytes),
+      // Full mode decompresses lazy layers as they arrive, ahead of their turn; index mode needs the
+      // compressed stream for the zinfo and has a single layer.
+      ...(index ? {} : { decode: (input, signal) => decompress(input, { signal }) }),
     },
   );
   try {
@@ -183,7 +186,9 @@ function entriesOf(
   }
   const tar = zinfo
     ? inflateIndexed(raw, zinfo, onCompressedBytes, signal)
-    : decompress(raw, { signal, onCompressedBytes });
+    : source.kind === 'lazy' && options.mode?.kind !== 'index'
+      ? raw // decompressed by the prefetcher
+      : decompress(raw, { signal, onCompressedBytes });
   return readTar(countBytes(tar, onTarBytes), { signal });
 }
 

@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { decompress } from '../io/decompress.ts';
 import { type LazyStream, Prefetcher } from './prefetch.ts';
 
 function chunks(parts: Uint8Array[], failWith?: Error, pauseMs = 0): LazyStream {
@@ -65,6 +68,31 @@ describe('Prefetcher', () => {
       await prefetcher.close();
       // Let any late stream error show up as an uncaught exception within this test.
       await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.deepEqual(await readdir(dir), []);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('with decode, yields decoded bytes and spills look-ahead streams decoded, before their turn', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'prefetch-test-'));
+    try {
+      const data = [0, 1, 2].map((n) => randomBytes(200_000 + n));
+      const prefetcher = new Prefetcher(
+        data.map((bytes) => chunks([gzipSync(bytes)])),
+        { concurrency: 3, directory: dir, decode: (input, signal) => decompress(input, { signal }) },
+      );
+      assert.deepEqual(await collect(prefetcher.stream(0)), data[0]);
+      // Streams 1 and 2 were downloaded and decoded meanwhile: their spill files hold the plain bytes.
+      const spill = join(dir, (await readdir(dir))[0] as string);
+      let spilled = Buffer.alloc(0);
+      for (let i = 0; i < 100 && spilled.byteLength !== data[2]?.byteLength; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        spilled = await readFile(join(spill, '2')).catch(() => Buffer.alloc(0));
+      }
+      assert.deepEqual(spilled, data[2]);
+      for (const index of [1, 2]) assert.deepEqual(await collect(prefetcher.stream(index)), data[index]);
+      await prefetcher.close();
       assert.deepEqual(await readdir(dir), []);
     } finally {
       await rm(dir, { recursive: true, force: true });

@@ -3,6 +3,10 @@
  * wastes the network while the writer works. The stream whose turn it is is read directly; the next few are
  * downloaded meanwhile into spill files (private temporary directory, removed at the end), and read from
  * there when their turn comes. Nothing is held in memory.
+ *
+ * With `decode`, every stream is decoded on its way: the look-ahead ones are spilled decoded, so that their
+ * decompression (node:zlib, on the thread pool) runs on the other core while the current stream is applied,
+ * instead of after it. The spill then holds uncompressed bytes: at most `concurrency - 1` layers of them.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -21,8 +25,10 @@ export interface PrefetchOptions {
   /** Where the spill directory is created. */
   directory: string;
   signal?: AbortSignal;
-  /** Bytes received so far for stream `index`, direct or spilled. */
+  /** Bytes received so far for stream `index`, direct or spilled (before `decode`). */
   onBytes?: (index: number, bytes: number) => void;
+  /** Applied to every stream's received bytes (e.g. decompression); what `stream()` yields is its output. */
+  decode?: (input: AsyncIterable<Uint8Array>, signal: AbortSignal) => AsyncIterable<Uint8Array>;
 }
 
 export class Prefetcher {
@@ -47,7 +53,7 @@ export class Prefetcher {
     for (let next = index + 1; next < last; next++) this.#startDownload(next);
     const download = this.#downloads.get(index);
     if (download === undefined) {
-      yield* this.#counted(index, (this.#streams[index] as LazyStream).open(this.#controller.signal));
+      yield* this.#received(index);
       return;
     }
     const path = await download;
@@ -72,15 +78,19 @@ export class Prefetcher {
       const path = join(await this.#spillDir, `${index}`);
       // pipeline, not hand-written writes: a failure while a write is on its way to the disk must not turn
       // into an unhandled 'error' event of the destroyed file stream.
-      await pipeline(
-        this.#counted(index, (this.#streams[index] as LazyStream).open(this.#controller.signal)),
-        createWriteStream(path, { mode: 0o600 }),
-      );
+      await pipeline(this.#received(index), createWriteStream(path, { mode: 0o600 }));
       return path;
     })();
     // Failures surface when the stream's turn comes; until then they must not count as unhandled.
     download.catch(() => {});
     this.#downloads.set(index, download);
+  }
+
+  /** Stream `index` as received, counted, then decoded when a decoder is set. */
+  #received(index: number): AsyncIterable<Uint8Array> {
+    const signal = this.#controller.signal;
+    const counted = this.#counted(index, (this.#streams[index] as LazyStream).open(signal));
+    return this.#options.decode ? this.#options.decode(counted, signal) : counted;
   }
 
   async *#counted(index: number, input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {

@@ -175,6 +175,7 @@ export class ImageWriter {
         this.#spill.write(chunk.subarray(split));
       }
       written += chunk.byteLength;
+      if (this.#out.backlogged) await this.#out.relieve();
     }
     if (written !== size) {
       throw new ErofsOciError('internal', `file body ended after ${written} of ${size} bytes`);
@@ -192,8 +193,8 @@ export class ImageWriter {
   /** Lays out and writes all metadata, the superblock, and closes the image. */
   async finish(root: Directory, options: FinishOptions): Promise<ImageSummary> {
     throwIfAborted(options.signal);
-    this.#spill.flush();
-    this.#out.flush();
+    await this.#spill.settle();
+    await this.#out.settle();
     const plan = planMetadata(root, {
       blockSize: this.blockSize,
       buildTime: options.buildTime,
@@ -206,7 +207,7 @@ export class ImageWriter {
     const header = this.#header(plan, options, externalStart);
     this.#out.pwrite(header, 0);
     const bytes = plan.totalBlocks * this.blockSize;
-    this.#out.flush();
+    await this.#out.settle();
     ftruncateSync(this.#out.fd, bytes);
     // No fsync, as mkfs.erofs, tar and cp: the rename that follows makes the image appear only when whole
     // to any process; durability across power loss is the caller's `sync` to ask for (it cost 13% here).
