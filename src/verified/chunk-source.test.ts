@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { ChunkedLayerEncoder, readEmbeddedChunkIndex } from '../chunk-index/index.ts';
-import { ErofsOciError } from '../errors.ts';
+import { ErofsOciError, raceAbort } from '../errors.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { memorySource } from '../io/memory-source.ts';
 import { openVerifiedSource } from './chunk-source.ts';
@@ -198,5 +198,70 @@ describe('openVerifiedSource', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+  it('a reader that gives up does not fail the other readers waiting on the same chunks', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.boolean(),
+        fc.integer({ min: 5000, max: 30_000 }),
+        fc.array(fc.tuple(fc.nat(), fc.nat({ max: 9000 }), fc.boolean()), { minLength: 2, maxLength: 8 }),
+        async (zstd, size, readers) => {
+          const image = imageData(size, size + 5);
+          const { blob, found } = await layerOf(image, 4096, zstd);
+          // An origin that honours a request's signal and answers only once released.
+          let release!: () => void;
+          const gate = new Promise<void>((resolve) => {
+            release = resolve;
+          });
+          const source: ByteSource = {
+            size: blob.byteLength,
+            async read(offset, length, options = {}) {
+              await raceAbort(gate, options.signal);
+              return blob.slice(offset, offset + length);
+            },
+          };
+          const verified = openVerifiedSource(source, found.index, found.sectionOffset, {
+            name: 'layer 0',
+            readaheadChunks: 0,
+          });
+          // Every reader asks for its range (all of them start before any fetch is answered); the ones
+          // marked give up at once. The first reader always gives up, so the shared fetch is its own.
+          const runs = readers.map(([at, len, abort], k) => {
+            const offset = at % size;
+            const length = Math.max(1, Math.min(len, size - offset));
+            const controller = new AbortController();
+            const giveUp = abort || k === 0;
+            return {
+              offset,
+              length,
+              giveUp,
+              controller,
+              result: verified.read(offset, length, { signal: controller.signal }).then(
+                (bytes) => ({ bytes }),
+                (error: unknown) => ({ error }),
+              ),
+            };
+          });
+          for (const run of runs) if (run.giveUp) run.controller.abort();
+          release();
+          for (const run of runs) {
+            const outcome = await run.result;
+            if (run.giveUp && 'error' in outcome) {
+              assert.equal((outcome.error as ErofsOciError).code, 'aborted');
+              continue;
+            }
+            assert.ok(
+              'bytes' in outcome,
+              `reader at ${run.offset} failed: ${String((outcome as { error: unknown }).error)}`,
+            );
+            assert.deepEqual(
+              Buffer.from(outcome.bytes),
+              Buffer.from(image.subarray(run.offset, run.offset + run.length)),
+            );
+          }
+        },
+      ),
+      { numRuns: 40 },
+    );
   });
 });

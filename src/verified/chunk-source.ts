@@ -22,7 +22,7 @@ import {
   hashAlgorithm,
   locateChunk,
 } from '../chunk-index/index.ts';
-import { CorruptInputError, ErofsOciError, throwIfAborted } from '../errors.ts';
+import { CorruptInputError, ErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
 import type { ByteSource, Closable, ReadOptions } from '../io/byte-source.ts';
 import type { ChunkStore } from './chunk-store.ts';
 
@@ -94,8 +94,13 @@ export function openVerifiedSource(
   /** Decoded chunks, least recently used first. */
   const memory = new Map<number, Uint8Array>();
   let memoryUsed = 0;
-  /** Chunks being fetched or loaded: every read that needs one waits on the same promise. */
+  /**
+   * Chunks being fetched or loaded: every read that needs one waits on the same promise. A fetch serves
+   * whoever waits on it, so it runs under the source's lifetime, never under one reader's signal: a reader
+   * that gives up stops waiting (`raceAbort`) and the fetch goes on for the others.
+   */
   const pending = new Map<number, Promise<Uint8Array>>();
+  const lifetime = new AbortController();
 
   const remember = (i: number, data: Uint8Array): void => {
     memory.set(i, data);
@@ -137,10 +142,10 @@ export function openVerifiedSource(
   const where = (chunk: ChunkLocation): string =>
     `chunk ${chunk.index} (blob bytes [${chunk.blockOffset}, ${chunk.blockOffset + chunk.blockLength}), image bytes [${chunk.uncompressedOffset}, ${chunk.uncompressedOffset + chunk.uncompressedLength}))`;
 
-  const fetchRange = async (offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> => {
+  const fetchRange = async (offset: number, length: number): Promise<Uint8Array> => {
     stats.requests++;
     stats.fetchedBytes += length;
-    const bytes = await blob.read(offset, length, signal === undefined ? {} : { signal });
+    const bytes = await blob.read(offset, length, { signal: lifetime.signal });
     if (bytes.byteLength !== length) {
       throw new ErofsOciError(
         'io',
@@ -151,15 +156,11 @@ export function openVerifiedSource(
   };
 
   /** Checks, decodes, stores and caches one chunk's fetched bytes; a mismatch is retried once alone. */
-  const accept = async (
-    chunk: ChunkLocation,
-    stored: Uint8Array,
-    signal?: AbortSignal,
-  ): Promise<Uint8Array> => {
+  const accept = async (chunk: ChunkLocation, stored: Uint8Array): Promise<Uint8Array> => {
     if (!matches(chunk, stored)) {
       stats.failedChunks++;
       log(`${options.name}: ${where(chunk)} fails its checksum; fetching it once more`);
-      const again = await fetchRange(chunk.blockOffset, chunk.blockLength, signal);
+      const again = await fetchRange(chunk.blockOffset, chunk.blockLength);
       if (!matches(chunk, again)) {
         stats.failedChunks++;
         log(`${options.name}: ${where(chunk)} fails its checksum again; reads of it fail (EIO)`);
@@ -198,7 +199,7 @@ export function openVerifiedSource(
   };
 
   /** Fetches chunks `first..last` (all missing) in as few requests as `maxRequestBytes` allows. */
-  const fetchRun = (first: number, last: number, signal?: AbortSignal): void => {
+  const fetchRun = (first: number, last: number): void => {
     let start = first;
     while (start <= last) {
       let end = start;
@@ -210,7 +211,7 @@ export function openVerifiedSource(
       const runStart = start;
       const runEnd = end;
       const offset = chunks[runStart]!.blockOffset;
-      const request = fetchRange(offset, length, signal);
+      const request = fetchRange(offset, length);
       for (let i = runStart; i <= runEnd; i++) {
         const chunk = chunks[i]!;
         const promise = request
@@ -218,7 +219,6 @@ export function openVerifiedSource(
             accept(
               chunk,
               bytes.subarray(chunk.blockOffset - offset, chunk.blockOffset - offset + chunk.blockLength),
-              signal,
             ),
           )
           .then(
@@ -240,13 +240,16 @@ export function openVerifiedSource(
     }
   };
 
-  /** The decoded chunk `i`: from memory, a fetch under way, the store, or the origin. */
+  /**
+   * The decoded chunks `first..last`: from memory, a fetch under way, the store, or the origin. `signal`
+   * ends only this caller's wait.
+   */
   const chunkData = async (first: number, last: number, signal?: AbortSignal): Promise<Uint8Array[]> => {
     // Missing chunks not already on their way: try the store first, then fetch the rest in runs.
     const missing: number[] = [];
     for (let i = first; i <= last; i++) if (!memory.has(i) && !pending.has(i)) missing.push(i);
     if (options.store !== undefined && missing.length > 0) {
-      const loaded = await Promise.all(missing.map((i) => fromStore(chunks[i]!)));
+      const loaded = await raceAbort(Promise.all(missing.map((i) => fromStore(chunks[i]!))), signal);
       for (let k = missing.length - 1; k >= 0; k--) {
         const data = loaded[k];
         if (data !== undefined && !memory.has(missing[k]!)) {
@@ -259,11 +262,11 @@ export function openVerifiedSource(
       const absent = !memory.has(i) && !pending.has(i);
       if (absent && run !== undefined && run[1] === i - 1) run[1] = i;
       else if (absent) {
-        if (run !== undefined) fetchRun(run[0], run[1], signal);
+        if (run !== undefined) fetchRun(run[0], run[1]);
         run = [i, i];
       }
     }
-    if (run !== undefined) fetchRun(run[0], run[1], signal);
+    if (run !== undefined) fetchRun(run[0], run[1]);
     // Take every chunk (or its promise) now: a promise settles and leaves `pending` while we wait.
     const parts: Array<Uint8Array | Promise<Uint8Array>> = [];
     for (let i = first; i <= last; i++) {
@@ -275,7 +278,7 @@ export function openVerifiedSource(
         parts.push(cached);
       } else parts.push(pending.get(i)!);
     }
-    return Promise.all(parts);
+    return raceAbort(Promise.all(parts), signal);
   };
 
   return {
@@ -308,6 +311,7 @@ export function openVerifiedSource(
       return assemble(first, await parts, offset, length);
     },
     async close(): Promise<void> {
+      lifetime.abort(new ErofsOciError('aborted', `${options.name}: the verified source is closed`));
       memory.clear();
       memoryUsed = 0;
     },
