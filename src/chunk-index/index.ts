@@ -3,3 +3,4 @@ export * from './codec.ts';
 export * from './embedded.ts';
 export * from './encoder.ts';
 export * from './format.ts';
+export * from './standalone.ts';

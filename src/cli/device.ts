@@ -11,9 +11,16 @@ import { type BlockCache, openBlockCache, type RangeFetch, readCachedHead } from
 import type { ByteSource } from '../io/byte-source.ts';
 import { concatSources } from '../io/concat-source.ts';
 import { type FileSource, openFileSource } from '../io/file-source.ts';
-import { type ImageSource, isRangeReader, type LayerDescriptor } from '../oci/index.ts';
+import type { ChunkIndexLayer } from '../mount/state.ts';
+import {
+  type Descriptor,
+  type ImageSource,
+  isRangeReader,
+  type LayerDescriptor,
+  type RangeReader,
+} from '../oci/index.ts';
 import { wasAnsweredWhole } from '../oci/registry-client.ts';
-import { openVerifiedLayer } from '../verified/open.ts';
+import { type IndexBlobReader, openVerifiedLayer } from '../verified/open.ts';
 import { openWholeZstdLayer } from './whole-zstd.ts';
 
 export interface DeviceOptions {
@@ -44,6 +51,24 @@ export interface LayerDevice {
   close(): Promise<void>;
 }
 
+/** Fetches a standalone chunk-index layer whole by range read; src/verified checks it against its digest. */
+export function indexBlobReader(reader: RangeReader): IndexBlobReader {
+  return (descriptor, signal) =>
+    descriptor.size === 0
+      ? Promise.resolve(new Uint8Array(0))
+      : reader.readRange(descriptor.digest, 0, descriptor.size, { signal });
+}
+
+/** A standalone chunk-index layer's descriptor as records keep it (plain JSON). */
+export function chunkIndexLayer(descriptor: Descriptor): ChunkIndexLayer {
+  return {
+    mediaType: descriptor.mediaType,
+    digest: descriptor.digest,
+    size: descriptor.size,
+    ...(descriptor.annotations === undefined ? {} : { annotations: { ...descriptor.annotations } }),
+  };
+}
+
 export async function openLayerDevice(
   image: ImageSource,
   layer: LayerDescriptor,
@@ -67,6 +92,7 @@ export async function openLayerDevice(
       ...(options.cacheBytes === undefined ? {} : { memoryBytes: options.cacheBytes }),
       ...(options.log === undefined ? {} : { log: options.log }),
       ...(options.signal === undefined ? {} : { signal: options.signal }),
+      readIndexBlob: indexBlobReader(reader),
     });
     if (verified !== undefined) {
       options.log?.(

@@ -16,6 +16,7 @@ import {
 import { listRecords, type RegistrySettings, stateRoot } from '../mount/state.ts';
 import { formatPlatform, isRangeReader, type LayerDescriptor, parseSourceReference } from '../oci/index.ts';
 import { hasChunkIndex, readVerifiedChunkIndex } from '../verified/open.ts';
+import { chunkIndexLayer, indexBlobReader } from './device.ts';
 import type { CommandIo } from './io.ts';
 import {
   joinNegativeLayer,
@@ -161,6 +162,7 @@ export async function mountCommand(args: string[], io: CommandIo): Promise<numbe
           size: layer.size,
           kind: 'erofs',
           ...(layer.annotations === undefined ? {} : { annotations: { ...layer.annotations } }),
+          ...(layer.chunkIndex === undefined ? {} : { chunkIndex: chunkIndexLayer(layer.chunkIndex) }),
           verification: hasChunkIndex(layer) ? 'chunk-verified' : 'whole-blob',
         };
       }
@@ -198,7 +200,11 @@ export async function mountCommand(args: string[], io: CommandIo): Promise<numbe
                 reader.readRange(layer.digest, offset, length, options ?? {}),
             },
             layer,
-            { name: `layer ${all.indexOf(layer)} (${layer.digest})`, signal: io.signal },
+            {
+              name: `layer ${all.indexOf(layer)} (${layer.digest})`,
+              signal: io.signal,
+              readIndexBlob: indexBlobReader(reader),
+            },
           ),
         ),
       );

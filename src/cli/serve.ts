@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { flushCompileCache } from 'node:module';
 import { parseArgs } from 'node:util';
 import { ErofsOciError } from '../errors.ts';
-import type { LayerServerConfig } from '../mount/state.ts';
+import type { ChunkIndexLayer, LayerServerConfig } from '../mount/state.ts';
 import { type NbdServer, serveNbd } from '../nbd/server.ts';
 import { type ImageSource, isDigest, type LayerDescriptor, layerFormat } from '../oci/index.ts';
 import { hasChunkIndex } from '../verified/open.ts';
@@ -97,8 +97,16 @@ function describedLayer(
   size: number,
   mediaType: string,
   annotations?: Record<string, string>,
+  chunkIndex?: ChunkIndexLayer,
 ): LayerDescriptor {
-  return { digest, size, mediaType, format: layerFormat(mediaType), ...(annotations ? { annotations } : {}) };
+  return {
+    digest,
+    size,
+    mediaType,
+    format: layerFormat(mediaType),
+    ...(annotations ? { annotations } : {}),
+    ...(chunkIndex ? { chunkIndex } : {}),
+  };
 }
 
 export async function serveCommand(args: string[], io: CommandIo): Promise<number> {
@@ -280,7 +288,7 @@ export async function serveLayersCommand(args: string[], io: CommandIo): Promise
     await serveLayers(
       image,
       config.layers.map((layer) => ({
-        layer: describedLayer(layer.digest, layer.size, layer.mediaType, layer.annotations),
+        layer: describedLayer(layer.digest, layer.size, layer.mediaType, layer.annotations, layer.chunkIndex),
         listen: { kind: 'unix', path: layer.socket },
         exportName: '',
         device: {

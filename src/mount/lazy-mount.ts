@@ -32,7 +32,16 @@ import {
 /** What the mount command resolved for a layer; the record adds where it is served and by whom. */
 export type LayerPlan = Pick<
   LayerRecord,
-  'index' | 'digest' | 'mediaType' | 'size' | 'kind' | 'tarIndex' | 'zinfo' | 'annotations' | 'verification'
+  | 'index'
+  | 'digest'
+  | 'mediaType'
+  | 'size'
+  | 'kind'
+  | 'tarIndex'
+  | 'zinfo'
+  | 'annotations'
+  | 'chunkIndex'
+  | 'verification'
 >;
 
 export interface MountPlan {
@@ -158,6 +167,7 @@ export async function startServers(
       ...(layer.tarIndex === undefined ? {} : { tarIndex: layer.tarIndex }),
       ...(layer.zinfo === undefined ? {} : { zinfo: layer.zinfo }),
       ...(layer.annotations === undefined ? {} : { annotations: layer.annotations }),
+      ...(layer.chunkIndex === undefined ? {} : { chunkIndex: layer.chunkIndex }),
     })),
   };
   const configPath = join(options.dir, 'server.json');

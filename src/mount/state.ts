@@ -26,6 +26,8 @@ export interface LayerRecord {
    * them), and how its bytes are checked: per chunk before serving, or the whole blob once complete.
    */
   annotations?: Record<string, string>;
+  /** The standalone chunk-index layer that follows it in the manifest (erofs-image-spec §3.4.3). */
+  chunkIndex?: ChunkIndexLayer;
   verification?: 'chunk-verified' | 'whole-blob';
   /** NBD socket of the serving process. */
   socket: string;
@@ -36,6 +38,14 @@ export interface LayerRecord {
   serverPid: number;
   /** The device holder (fuse backend) or nbd-client (nbd backend); 0 when none. */
   devicePid: number;
+}
+
+/** A standalone chunk-index layer's descriptor, as the pinned manifest lists it. */
+export interface ChunkIndexLayer {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
 }
 
 /** Registry options to start servers with again; credentials themselves are never stored. */
@@ -67,6 +77,7 @@ export interface LayerServerConfig {
     tarIndex?: string;
     zinfo?: string;
     annotations?: Record<string, string>;
+    chunkIndex?: ChunkIndexLayer;
   }[];
 }
 

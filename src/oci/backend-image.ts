@@ -14,7 +14,7 @@ import type {
   SignalOptions,
 } from './image.ts';
 import { type Descriptor, MAX_MANIFEST_BYTES, type ParsedManifest, parseManifest } from './manifest.ts';
-import { layerFormat } from './media-types.ts';
+import { foldChunkIndexLayers } from './chunk-index-layers.ts';
 import { formatPlatform, type Platform, selectPlatform } from './platform.ts';
 
 export interface RootManifest {
@@ -108,10 +108,7 @@ export class BackendImage implements ImageSource, RangeReader {
 
   async layers(options: SignalOptions = {}): Promise<LayerDescriptor[]> {
     const { parsed } = await this.#resolve(options);
-    return parsed.layers.map((layer, i) => ({
-      ...layer,
-      format: layerFormat(layer.mediaType, `layer ${i} (${layer.digest}) of ${this.name}`),
-    }));
+    return foldChunkIndexLayers(parsed.layers, this.name);
   }
 
   openBlob(descriptor: Descriptor, options: SignalOptions = {}): AsyncIterable<Uint8Array> {

@@ -29,6 +29,12 @@ export interface RangeReadOptions extends SignalOptions {
 /** A layer descriptor with what its media type means for us. */
 export interface LayerDescriptor extends Descriptor {
   readonly format: LayerFormat;
+  /**
+   * The standalone chunk-index layer (`application/vnd.erofs.chunk-index.v1`, erofs-image-spec §3.4.3)
+   * that follows this layer in the manifest. Such entries are not filesystem layers: `layers()` folds each
+   * into the layer before it, so layer numbers (`--layer N`) count filesystem layers only.
+   */
+  readonly chunkIndex?: Descriptor | undefined;
 }
 
 /** A manifest descriptor of the selected image, with the platform it was chosen for. */

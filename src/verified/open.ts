@@ -1,7 +1,9 @@
 /**
  * Opening a layer for verified reads: from its descriptor, find the chunk index it announces (embedded,
- * `org.erofs.chunk-index.range`), read it through the raw blob, check it against
- * `org.erofs.chunk-index.digest` before any entry is believed, and return the verified image-data source.
+ * `org.erofs.chunk-index.range`, or a standalone chunk-index layer after it), read it (through the raw
+ * blob, or the index layer's own blob), check it against `org.erofs.chunk-index.digest` (a standalone one
+ * against its descriptor digest and `org.erofs.chunk-index.target`) before any entry is believed, and
+ * return the verified image-data source.
  * A layer without an index gives undefined (the caller falls back to whole-blob verification); an index
  * whose digest annotation is missing or that carries no checksums is refused, since it could not verify
  * what it serves.
@@ -9,9 +11,11 @@
 
 import { ANNOTATION_CHUNK_INDEX_DIGEST, ANNOTATION_CHUNK_INDEX_RANGE } from '../chunk-index/format.ts';
 import {
+  decodeStandaloneChunkIndex,
   type EmbeddedChunkIndex,
   type LayerDescriptor,
   readEmbeddedChunkIndex,
+  type StandaloneIndexDescriptor,
 } from '../chunk-index/index.ts';
 import { ErofsOciError } from '../errors.ts';
 import type { ByteSource } from '../io/byte-source.ts';
@@ -24,12 +28,29 @@ export interface OpenVerifiedOptions {
   memoryBytes?: number;
   log?: (line: string) => void;
   signal?: AbortSignal;
+  /** Fetches a standalone chunk-index layer (needed when the descriptor has one). */
+  readIndexBlob?: IndexBlobReader;
+}
+
+/** A layer descriptor, with the standalone chunk-index layer that follows it in the manifest, if any. */
+export interface IndexedLayerDescriptor extends LayerDescriptor {
+  readonly digest: string;
+  readonly chunkIndex?: StandaloneIndexDescriptor | undefined;
 }
 
 /** Whether the descriptor announces a chunk index this reader can use. */
-export function hasChunkIndex(descriptor: LayerDescriptor): boolean {
-  return descriptor.annotations?.[ANNOTATION_CHUNK_INDEX_RANGE] !== undefined;
+export function hasChunkIndex(descriptor: IndexedLayerDescriptor): boolean {
+  return (
+    descriptor.annotations?.[ANNOTATION_CHUNK_INDEX_RANGE] !== undefined ||
+    descriptor.chunkIndex !== undefined
+  );
 }
+
+/** Reads a standalone chunk-index layer's blob (`size` bytes); its bytes are checked here. */
+export type IndexBlobReader = (
+  descriptor: StandaloneIndexDescriptor,
+  signal?: AbortSignal,
+) => Promise<Uint8Array>;
 
 /**
  * Reads the chunk index the descriptor announces and checks it against its digest annotation: undefined
@@ -37,10 +58,28 @@ export function hasChunkIndex(descriptor: LayerDescriptor): boolean {
  */
 export async function readVerifiedChunkIndex(
   blob: ByteSource,
-  descriptor: LayerDescriptor,
-  options: Pick<OpenVerifiedOptions, 'name' | 'signal'>,
+  descriptor: IndexedLayerDescriptor,
+  options: Pick<OpenVerifiedOptions, 'name' | 'signal' | 'readIndexBlob'>,
 ): Promise<EmbeddedChunkIndex | undefined> {
   if (!hasChunkIndex(descriptor)) return undefined;
+  const standalone = descriptor.chunkIndex;
+  if (descriptor.annotations?.[ANNOTATION_CHUNK_INDEX_RANGE] === undefined && standalone !== undefined) {
+    // The index layer's digest is in the manifest: it pins the index as the digest annotation would.
+    if (options.readIndexBlob === undefined) {
+      throw new ErofsOciError('internal', `${options.name}: no reader for its chunk-index layer`);
+    }
+    try {
+      const payload = await options.readIndexBlob(standalone, options.signal);
+      return decodeStandaloneChunkIndex(payload, descriptor, standalone);
+    } catch (error) {
+      if (error instanceof ErofsOciError) {
+        throw new ErofsOciError(error.code, `${options.name}: chunk index refused: ${error.message}`, {
+          cause: error,
+        });
+      }
+      throw error;
+    }
+  }
   if (descriptor.annotations?.[ANNOTATION_CHUNK_INDEX_DIGEST] === undefined) {
     throw new ErofsOciError(
       'corrupt',
@@ -63,7 +102,7 @@ export async function readVerifiedChunkIndex(
 
 export async function openVerifiedLayer(
   blob: ByteSource,
-  descriptor: LayerDescriptor,
+  descriptor: IndexedLayerDescriptor,
   options: OpenVerifiedOptions,
 ): Promise<VerifiedSource | undefined> {
   const found = await readVerifiedChunkIndex(blob, descriptor, options);
