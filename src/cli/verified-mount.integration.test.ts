@@ -3,7 +3,9 @@
  * converted by `erofs-oci convert`, raw and `--compress zstd`, mounted with `--require-verified` and compared
  * with the tree GNU tar extracts; then one flipped byte in a blob in the registry's storage fails exactly the
  * file that holds it (EIO), a flipped byte in the chunk index refuses the mount (exit 5), and an image
- * without chunk indexes is refused under `--require-verified`.
+ * without chunk indexes is refused under `--require-verified`. The same images rewritten with standalone
+ * chunk-index layers (erofs-image-spec §3.4.3) mount chunk-verified too, and a flipped byte in such an
+ * index layer refuses the mount.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -33,7 +35,14 @@ import {
   skopeo,
   startRegistry,
 } from '../../test-support/registry.ts';
-import { blobOf, imageOfBlobs, makeTar, writeLayout } from '../../test-support/registry-fixtures.ts';
+import {
+  type Blob,
+  blobOf,
+  imageOfBlobs,
+  makeTar,
+  pushRaw,
+  writeLayout,
+} from '../../test-support/registry-fixtures.ts';
 import { parseRange } from '../chunk-index/index.ts';
 
 const skip = !isRoot()
@@ -91,6 +100,7 @@ describe('verified mounts', { skip }, () => {
         `oci:${out}:v1`,
         `docker://${registry.host}/test/${name}:v1`,
       ]);
+      await pushStandalone(registry.url, `test/${name}-standalone`, out);
     }
     // An image without chunk indexes: layers built by `build`.
     const plain = await buildReproducible(`tar:${tars[0]}`, join(dir.path, 'plain.erofs'));
@@ -159,7 +169,7 @@ describe('verified mounts', { skip }, () => {
     }
   }
 
-  for (const name of ['raw', 'zstd']) {
+  for (const name of ['raw', 'zstd', 'raw-standalone', 'zstd-standalone']) {
     it(`a converted ${name} image mounts lazily with --require-verified and equals the expected tree`, async () => {
       await mounted(name, ['--require-verified'], async (mnt) => {
         assertSameTree(expected, withoutDirNlink(await snapshot(mnt)), {
@@ -173,6 +183,15 @@ describe('verified mounts', { skip }, () => {
           listed[0]?.layers.map((l) => l.verification),
           ['chunk-verified', 'chunk-verified'],
         );
+        if (name.endsWith('-standalone')) {
+          // Layer 0's index came from the chunk-index layer: the server read the layer chunk by chunk.
+          const bottom = (await manifestOf(name)).layers[0]!;
+          const logs = await grepLogs(join(dir.path, 'state'), 'chunk index verified');
+          assert.ok(
+            logs.some((line) => line.includes(bottom.digest)),
+            logs.join('\n'),
+          );
+        }
       });
     });
   }
@@ -220,6 +239,26 @@ describe('verified mounts', { skip }, () => {
       const result = await runCli(['mount', '--insecure', '--backend', 'fuse', ref('raw'), mnt], { env });
       assert.equal(result.status, 5, result.stderr);
       assert.match(result.stderr, /chunk index/);
+    } finally {
+      await restore();
+    }
+  });
+
+  it('a flipped byte in a standalone chunk-index layer refuses the mount with exit 5', async () => {
+    const manifest = await manifestOf('zstd-standalone');
+    const index = manifest.layers[1]!;
+    assert.equal(index.mediaType, 'application/vnd.erofs.chunk-index.v1');
+    const restore = await flip(blobFile(index.digest), 40);
+    try {
+      const mnt = join(dir.path, 'mnt-bad-standalone');
+      await mkdir(mnt);
+      const result = await runCli(
+        ['mount', '--insecure', '--backend', 'fuse', '--layer', '0', ref('zstd-standalone'), mnt],
+        { env },
+      );
+      assert.equal(result.status, 5, result.stderr);
+      assert.match(result.stderr, /chunk index refused/);
+      assert.ok(result.stderr.includes(index.digest), result.stderr);
     } finally {
       await restore();
     }
@@ -294,6 +333,73 @@ describe('verified mounts', { skip }, () => {
     assert.ok(result.stderr.includes(manifest.layers[0]!.digest), result.stderr);
   });
 });
+
+/**
+ * Pushes the converted layout `out` again with every layer's but the top one's embedded chunk index moved into a standalone
+ * `application/vnd.erofs.chunk-index.v1` layer right after it: the blob cut before its index section, the
+ * index payload as its own blob naming its target (and the config's diff_ids to match, §5.2).
+ */
+async function pushStandalone(registryUrl: string, repository: string, out: string): Promise<void> {
+  const readBlob = (digest: string) => readFile(join(out, 'blobs', 'sha256', digest.slice('sha256:'.length)));
+  const top = JSON.parse(await readFile(join(out, 'index.json'), 'utf8')) as {
+    manifests: { digest: string }[];
+  };
+  const manifest = JSON.parse((await readBlob(top.manifests[0]!.digest)).toString()) as Manifest & {
+    config: { digest: string };
+  };
+  const config = JSON.parse((await readBlob(manifest.config.digest)).toString()) as {
+    rootfs: { diff_ids: string[] };
+  };
+  const blobs: Blob[] = [];
+  const layers: Record<string, unknown>[] = [];
+  const diffIds: string[] = [];
+  for (const [i, layer] of manifest.layers.entries()) {
+    if (i === manifest.layers.length - 1) {
+      // A chunk-index layer must not be the last entry (§3.8 rule 1): the top layer keeps its embedded one.
+      blobs.push(blobOf(layer.mediaType, await readBlob(layer.digest)));
+      layers.push(layer);
+      diffIds.push(config.rootfs.diff_ids[i]!);
+      continue;
+    }
+    const bytes = await readBlob(layer.digest);
+    const range = parseRange(layer.annotations!['org.erofs.chunk-index.range']!);
+    const zstd = layer.mediaType.endsWith('+zstd');
+    const cut = blobOf(layer.mediaType, bytes.subarray(0, range.offset));
+    const index = blobOf(
+      'application/vnd.erofs.chunk-index.v1',
+      bytes.subarray(range.offset + (zstd ? 8 : 0), range.end ?? bytes.byteLength),
+    );
+    const {
+      'org.erofs.chunk-index.range': _r,
+      'org.erofs.chunk-index.digest': _d,
+      ...kept
+    } = layer.annotations ?? {};
+    blobs.push(cut, index);
+    layers.push(
+      { mediaType: cut.mediaType, digest: cut.digest, size: cut.size, annotations: kept },
+      {
+        mediaType: index.mediaType,
+        digest: index.digest,
+        size: index.size,
+        annotations: { 'org.erofs.chunk-index.target': cut.digest },
+      },
+    );
+    diffIds.push(zstd ? config.rootfs.diff_ids[i]! : cut.digest, index.digest);
+  }
+  const configBlob = blobOf(
+    'application/vnd.oci.image.config.v1+json',
+    Buffer.from(JSON.stringify({ ...config, rootfs: { type: 'layers', diff_ids: diffIds } })),
+  );
+  blobs.push(configBlob);
+  const document = Buffer.from(
+    JSON.stringify({
+      ...manifest,
+      config: { ...manifest.config, digest: configBlob.digest, size: configBlob.size },
+      layers,
+    }),
+  );
+  await pushRaw(registryUrl, repository, 'v1', blobs, document, 'application/vnd.oci.image.manifest.v1+json');
+}
 
 function withoutDirNlink(tree: Snapshot): Snapshot {
   const entries = Object.fromEntries(
