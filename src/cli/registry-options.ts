@@ -21,7 +21,8 @@ export const registryOptions = {
 
 export const registryHelp = `Image options:
   --platform OS/ARCH[/VARIANT]  pick from an index (default: this host's platform)
-  --layer N           one layer, 0-based; negative counts from the top (-1 = top)
+  --layer N           one layer, 0-based; negative counts from the top (-1 = top); standalone
+                      chunk-index entries are not layers and are not counted
   --blob sha256:HEX   one layer, by digest
 Registry options:
   --authfile FILE     credentials file (else $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
