@@ -14,6 +14,7 @@ import {
   unmountLazy,
 } from '../mount/lazy-mount.ts';
 import { listRecords, type RegistrySettings, stateRoot } from '../mount/state.ts';
+import { verificationState } from '../mount/verification.ts';
 import { formatPlatform, isRangeReader, type LayerDescriptor, parseSourceReference } from '../oci/index.ts';
 import { hasChunkIndex, readVerifiedChunkIndex } from '../verified/open.ts';
 import { chunkIndexLayer, indexBlobReader } from './device.ts';
@@ -262,29 +263,38 @@ export async function listCommand(args: string[], io: CommandIo): Promise<number
   }
   const root = stateRoot();
   const records = await listRecords(root);
-  const rows = records.map((r) => ({
-    mountpoint: r.mountpoint,
-    source: r.source,
-    pinnedSource: r.pinnedSource,
-    backend: r.backend,
-    health: healthOf(r, root),
-    // One serving process serves every layer of a mount (restarted as one by reattach): listed once.
-    pids: [...new Set(r.layers.map((l) => l.serverPid))],
-    // One holder process serves every FUSE device of a mount: its pid is listed once.
-    devicePids: [...new Set(r.layers.map((l) => l.devicePid).filter((p) => p > 0))],
-    layers: r.layers.map((l) => ({
-      index: l.index,
-      digest: l.digest,
-      kind: l.kind,
-      // chunk-verified: every chunk checked before it is served; whole-blob: the blob digest is checked
-      // once every block has been fetched (not yet verified until then).
-      verification: l.verification ?? 'whole-blob',
-      device: l.device,
-      serverPid: l.serverPid,
-      serverAlive: isAlive(l.serverPid),
-      devicePid: l.devicePid,
+  const rows = await Promise.all(
+    records.map(async (r) => ({
+      mountpoint: r.mountpoint,
+      source: r.source,
+      pinnedSource: r.pinnedSource,
+      backend: r.backend,
+      health: healthOf(r, root),
+      // One serving process serves every layer of a mount (restarted as one by reattach): listed once.
+      pids: [...new Set(r.layers.map((l) => l.serverPid))],
+      // One holder process serves every FUSE device of a mount: its pid is listed once.
+      devicePids: [...new Set(r.layers.map((l) => l.devicePid).filter((p) => p > 0))],
+      layers: await Promise.all(
+        r.layers.map(async (l) => ({
+          index: l.index,
+          digest: l.digest,
+          kind: l.kind,
+          // chunk-verified: every chunk checked before it is served; whole-blob: the blob digest is checked
+          // once every block has been fetched (not yet verified until then).
+          verification: l.verification ?? 'whole-blob',
+          // Where that stands now: chunk-verified, whole-blob-verified or not-yet-verified.
+          verificationState: await verificationState(root, r.mountpoint, {
+            ...l,
+            verification: l.verification ?? 'whole-blob',
+          }),
+          device: l.device,
+          serverPid: l.serverPid,
+          serverAlive: isAlive(l.serverPid),
+          devicePid: l.devicePid,
+        })),
+      ),
     })),
-  }));
+  );
   if (values.json) {
     io.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
     return 0;

@@ -14,7 +14,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { gzipSync } from 'node:zlib';
+import { gzipSync, zstdCompressSync } from 'node:zlib';
 import {
   buildReproducible,
   check,
@@ -117,6 +117,23 @@ describe('verified mounts', { skip }, () => {
       `oci:${plainLayout}:v1`,
       `docker://${registry.host}/test/plain:v1`,
     ]);
+    // The same image zstd-compressed in one frame, with neither a chunk index nor an
+    // org.erofs.uncompressed-digest: only the config's diff_id pins its decompressed bytes (right, or wrong).
+    const zstdPlain = blobOf('application/vnd.erofs.layer.v1+zstd', zstdCompressSync(plain));
+    for (const [name, diffId] of [
+      ['plain-zstd', sha256(plain)],
+      ['plain-zstd-wrong', sha256(Buffer.from('not this'))],
+    ] as const) {
+      const image = imageOfBlobs([zstdPlain], [diffId]);
+      await pushRaw(
+        registry.url,
+        `test/${name}`,
+        'v1',
+        [zstdPlain, image.config],
+        image.manifest.bytes,
+        'application/vnd.oci.image.manifest.v1+json',
+      );
+    }
   });
 
   after(async () => {
@@ -322,6 +339,50 @@ describe('verified mounts', { skip }, () => {
     const second = await serveOnce('second');
     assert.equal(second.hash, wanted, second.log);
     assert.match(second.log, /disk cache copy of chunk \d+ .* fails its checksum/);
+  });
+
+  it('list --json: a layer without an index is not yet verified until every block has been fetched', async () => {
+    await mounted('plain', [], async (mnt) => {
+      assert.equal(await readFile(join(mnt, 'small.txt'), 'utf8'), 'small\n');
+      type Row = { mountpoint: string; layers: { verificationState: string; device: string }[] };
+      const rows = async () => JSON.parse((await runCli(['list', '--json'], { env })).stdout) as Row[];
+      const layer = () => rows().then((r) => r.find((m) => m.mountpoint === mnt)!.layers[0]!);
+      const before = await layer();
+      assert.equal(before.verificationState, 'not-yet-verified');
+      // The FUSE backend's device is a file: reading all of it fetches every block, and the digest's
+      // verdict lands in the layer's disk cache record.
+      await readFile(before.device);
+      let state = '';
+      for (let i = 0; i < 100 && state !== 'whole-blob-verified'; i++) {
+        state = (await layer()).verificationState;
+        if (state !== 'whole-blob-verified') await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(state, 'whole-blob-verified');
+    });
+  });
+
+  it('a +zstd layer with neither index nor uncompressed-digest is checked against its diff_id', async () => {
+    await mounted('plain-zstd', [], async (mnt) => {
+      assert.equal(await readFile(join(mnt, 'small.txt'), 'utf8'), 'small\n');
+      const rows = JSON.parse((await runCli(['list', '--json'], { env })).stdout) as {
+        mountpoint: string;
+        layers: { verificationState: string }[];
+      }[];
+      assert.equal(
+        rows.find((m) => m.mountpoint === mnt)?.layers[0]?.verificationState,
+        'whole-blob-verified',
+      );
+    });
+    const mnt = join(dir.path, 'mnt-plain-zstd-wrong');
+    await mkdir(mnt);
+    const result = await runCli(['mount', '--insecure', '--backend', 'fuse', ref('plain-zstd-wrong'), mnt], {
+      env,
+    });
+    assert.equal(result.status, 5, result.stderr);
+    assert.match(
+      result.stderr,
+      /decompressed image is sha256:[0-9a-f]+, the config.s rootfs\.diff_ids\[0\] says/,
+    );
   });
 
   it('--require-verified refuses an image without chunk indexes, naming the layer', async () => {

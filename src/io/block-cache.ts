@@ -64,7 +64,7 @@ import { Readahead } from './block-cache/readahead.ts';
 import type { BlockCache, BlockCacheOptions, BlockCacheStats } from './block-cache/types.ts';
 import { WholeDownload } from './block-cache/whole-download.ts';
 
-export { readCachedHead } from './block-cache/disk-record.ts';
+export { isCacheVerified, readCachedHead } from './block-cache/disk-record.ts';
 export type { FetchStage } from './block-cache/fetch-stage.ts';
 export type { RangeFetch } from './block-cache/range-fetcher.ts';
 export type { BlockCache, BlockCacheOptions, BlockCacheStats, Verification } from './block-cache/types.ts';

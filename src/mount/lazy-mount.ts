@@ -13,7 +13,7 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ErofsOciError, throwIfAborted } from '../errors.ts';
+import { type ErrorCode, ErofsOciError, throwIfAborted } from '../errors.ts';
 import { isProcessAlive as isAlive } from '../io/process.ts';
 import { spawnHolder } from './holder.ts';
 import {
@@ -21,6 +21,7 @@ import {
   type LayerRecord,
   type LayerServerConfig,
   type MountRecord,
+  layerCacheDir,
   mountDir,
   RECORD_VERSION,
   type RegistrySettings,
@@ -163,7 +164,7 @@ export async function startServers(
       size: layer.size,
       mediaType: layer.mediaType,
       socket: layer.socket,
-      cacheDir: join(options.dir, `cache-${layer.index}`),
+      cacheDir: layerCacheDir(options.dir, layer.index),
       ...(layer.tarIndex === undefined ? {} : { tarIndex: layer.tarIndex }),
       ...(layer.zinfo === undefined ? {} : { zinfo: layer.zinfo }),
       ...(layer.annotations === undefined ? {} : { annotations: layer.annotations }),
@@ -187,8 +188,10 @@ export async function startServers(
   const pid = child.pid;
   if (pid === undefined) throw new ErofsOciError('io', 'cannot start the serving process');
   let exited = false;
-  child.once('exit', () => {
+  let status: number | null = null;
+  child.once('exit', (code) => {
     exited = true;
+    status = code;
   });
   const deadline = Date.now() + SERVER_READY_TIMEOUT_MS;
   while (!layers.every((layer) => existsSync(layer.socket))) {
@@ -197,8 +200,9 @@ export async function startServers(
       if (!exited) process.kill(pid, 'SIGKILL');
       const log = (await readFile(logFile, 'utf8').catch(() => '')).trim().split('\n');
       const last = log.filter((l) => l.startsWith('erofs-oci:')).pop() ?? log.pop() ?? 'no output';
+      // The server's exit status says what kind of failure it was (a refused digest is still exit 5).
       throw new ErofsOciError(
-        'io',
+        (status !== null && SERVER_FAILURES[status]) || 'io',
         `the serving process did not start: ${last.replace(/^erofs-oci: serve-layers: /, '')}`,
       );
     }
@@ -207,6 +211,16 @@ export async function startServers(
   child.unref();
   return pid;
 }
+
+/** Exit statuses of the CLI (src/errors.ts) back to the error they stand for. */
+const SERVER_FAILURES: Record<number, ErrorCode> = {
+  2: 'usage',
+  3: 'not-found',
+  4: 'auth',
+  5: 'corrupt',
+  6: 'unsupported',
+  7: 'unavailable',
+};
 
 /** Attaches a layer's server to its /dev/nbdN; returns the pid nbd-client leaves serving it. */
 async function attachNbd(layer: LayerRecord): Promise<number> {

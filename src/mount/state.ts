@@ -102,6 +102,11 @@ export function stateRoot(env: NodeJS.ProcessEnv = process.env): string {
   return env.EROFS_OCI_STATE_DIR || '/run/erofs-oci';
 }
 
+/** The disk cache of layer `index` of the mount whose directory is `dir`. */
+export function layerCacheDir(dir: string, index: number): string {
+  return join(dir, `cache-${index}`);
+}
+
 /** The directory of the mount at `mountpoint` (an absolute, resolved path). */
 export function mountDir(root: string, mountpoint: string): string {
   return join(root, `mount-${createHash('sha256').update(mountpoint).digest('hex').slice(0, 16)}`);

@@ -14,7 +14,11 @@ export function foldChunkIndexLayers(layers: readonly Descriptor[], name: string
   const out: LayerDescriptor[] = [];
   for (const [i, layer] of layers.entries()) {
     if (!isStandaloneChunkIndex(layer)) {
-      out.push({ ...layer, format: layerFormat(layer.mediaType, `layer ${i} (${layer.digest}) of ${name}`) });
+      out.push({
+        ...layer,
+        format: layerFormat(layer.mediaType, `layer ${i} (${layer.digest}) of ${name}`),
+        manifestIndex: i,
+      });
       continue;
     }
     const where = `manifest entry ${i} (chunk index ${layer.digest}) of ${name}`;

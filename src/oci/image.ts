@@ -35,6 +35,8 @@ export interface LayerDescriptor extends Descriptor {
    * into the layer before it, so layer numbers (`--layer N`) count filesystem layers only.
    */
   readonly chunkIndex?: Descriptor | undefined;
+  /** Position in `manifest.layers[]` (and `rootfs.diff_ids`), which counts chunk-index entries too. */
+  readonly manifestIndex?: number | undefined;
 }
 
 /** A manifest descriptor of the selected image, with the platform it was chosen for. */

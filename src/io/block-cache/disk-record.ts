@@ -93,6 +93,14 @@ export async function readRecord(path: string): Promise<CacheRecord | null> {
   }
 }
 
+/**
+ * Whether the disk cache entry of `cacheId` in `dir` holds the whole object and it matched its digest, as
+ * its record says (for `list`; takes no lock, the record is replaced atomically).
+ */
+export async function isCacheVerified(dir: string, cacheId: string): Promise<boolean> {
+  return (await readRecord(cachePaths(dir, cacheId).record))?.verified === true;
+}
+
 /** Creates `path` holding our pid; takes over a lock whose process is gone. */
 export async function takeLock(path: string, action: string): Promise<void> {
   for (let attempt = 0; attempt < 2; attempt++) {
