@@ -9,6 +9,7 @@
  * checkpoint, never after a final block. A checkpoint's window is taken from the native output as it
  * streams by. See docs/gzip-index.md for the measurements behind this design.
  */
+import { createHash, type Hash } from 'node:crypto';
 import { once } from 'node:events';
 import { addAbortSignal } from 'node:stream';
 import { setImmediate as setImmediatePromise } from 'node:timers/promises';
@@ -30,6 +31,8 @@ const ZLIB_PIECE = 1024 * 1024;
 export interface ZinfoBuilderOptions {
   /** Uncompressed bytes between checkpoints (a lower bound); default 4 MiB. */
   span?: number;
+  /** Also hash each span's uncompressed bytes (SHA-256, src/gzip-index/span-digests.ts). */
+  spanDigests?: boolean;
 }
 
 export interface ZinfoBuildResult {
@@ -37,6 +40,8 @@ export interface ZinfoBuildResult {
   compressedSize: number;
   uncompressedSize: number;
   members: number;
+  /** SHA-256 of each span's uncompressed bytes, one per checkpoint, when asked for. */
+  spanDigests?: Uint8Array[];
 }
 
 export interface ZinfoBuilder {
@@ -144,9 +149,31 @@ export function createZinfoBuilder(options: ZinfoBuilderOptions = {}): ZinfoBuil
       const recent: Uint8Array[] = [];
       let recentBytes = 0;
       let total = 0;
+      // Span digests: the checkpoints are known before the output reaches them (see above), so each
+      // output chunk is split where a checkpoint falls and hashed into its span.
+      const spanDigests: Uint8Array[] | undefined = options.spanDigests ? [] : undefined;
+      let spanHash: Hash | undefined;
+      const hashSpans = (chunk: Uint8Array, at: number): void => {
+        const digests = spanDigests!;
+        let from = 0;
+        for (;;) {
+          // The checkpoint that starts the next span: checkpoint 0 until the first span has begun.
+          const next = checkpoints[spanHash ? digests.length + 1 : 0];
+          if (next === undefined || next.out > at + chunk.byteLength) break;
+          const cut = next.out - at;
+          if (spanHash) {
+            spanHash.update(chunk.subarray(from, cut));
+            digests.push(spanHash.digest());
+          }
+          spanHash = createHash('sha256');
+          from = cut;
+        }
+        spanHash?.update(chunk.subarray(from));
+      };
       try {
         for await (const chunk of gunzip as AsyncIterable<Uint8Array>) {
           const end = total + chunk.byteLength;
+          if (spanDigests) hashSpans(chunk, total);
           while (pending.length > 0 && pending[0]!.out <= end) {
             const checkpoint = pending.shift()!;
             fillWindow(checkpoint.window, checkpoint.out, [...recent, chunk], total - recentBytes);
@@ -183,11 +210,23 @@ export function createZinfoBuilder(options: ZinfoBuilderOptions = {}): ZinfoBuil
           `gzip index: the block scanner counted ${summary.uncompressedSize} bytes, zlib produced ${total}`,
         );
       }
+      if (spanDigests) {
+        // Checkpoints at the very end (after empty members) start empty spans.
+        hashSpans(new Uint8Array(0), total);
+        if (spanHash) spanDigests.push(spanHash.digest());
+        if (spanDigests.length !== checkpoints.length) {
+          throw new ErofsOciError(
+            'internal',
+            `gzip index: ${spanDigests.length} span digests for ${checkpoints.length} checkpoints`,
+          );
+        }
+      }
       finished = {
         zinfo: { spanSize: span, checkpoints },
         compressedSize: summary.compressedSize,
         uncompressedSize: total,
         members: summary.members,
+        ...(spanDigests ? { spanDigests } : {}),
       };
       return finished;
     },

@@ -22,3 +22,10 @@ export {
   type ZinfoSourceOptions,
   type ZinfoSourceStats,
 } from './zinfo-source.ts';
+export {
+  decodeSpanDigests,
+  encodeSpanDigests,
+  SPAN_DIGESTS_SUFFIX,
+  type SpanDigests,
+  zinfoDigest,
+} from './span-digests.ts';

@@ -18,6 +18,7 @@
  * and erofs-utils', do not put a checkpoint at every member start), its trailer is checked and inflation
  * continues after the next member's header.
  */
+import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { CorruptInputError, ErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
 import type { ByteSource, ReadOptions } from '../io/byte-source.ts';
@@ -40,6 +41,12 @@ export interface ZinfoSourceOptions {
   maxSpanBytes?: number;
   /** Inflate the next span in the background when a read reaches the second half of a span; default true. */
   prefetch?: boolean;
+  /**
+   * SHA-256 of each span's uncompressed bytes (src/gzip-index/span-digests.ts), one per checkpoint: every
+   * span inflated is checked against its digest before any of it is returned or cached, and a mismatch
+   * fails the reads that need it with `digest-mismatch`.
+   */
+  spanDigests?: readonly Uint8Array[];
   signal?: AbortSignal;
 }
 
@@ -84,6 +91,12 @@ export async function openZinfoSource(
   }
   const checkpoints = zinfo.checkpoints;
   const last = checkpoints.length - 1;
+  const spanDigests = options.spanDigests;
+  if (spanDigests !== undefined && spanDigests.length !== checkpoints.length) {
+    throw new CorruptInputError(
+      `Cannot open gzip blob through zinfo: ${spanDigests.length} span digests for ${checkpoints.length} checkpoints`,
+    );
+  }
   const lastOut = checkpoints[last]!.out;
   let size = options.uncompressedSize;
   if (size !== undefined && (!Number.isSafeInteger(size) || size < lastOut)) {
@@ -139,13 +152,20 @@ export async function openZinfoSource(
       signal,
     ).then(
       (inflated) => {
+        inflight.delete(i);
+        const want = spanDigests?.[i];
+        if (want !== undefined && !createHash('sha256').update(inflated).digest().equals(want)) {
+          throw new ErofsOciError(
+            'digest-mismatch',
+            `gzip blob span ${i} (uncompressed bytes [${checkpoints[i]!.out}, ${checkpoints[i]!.out + inflated.byteLength})) does not match its SHA-256 in the span digests`,
+          );
+        }
         if (declared !== undefined && inflated.byteLength < declared) {
           throw new CorruptInputError(
             `Cannot read gzip blob from zinfo checkpoint ${i}: it inflates to ${inflated.byteLength} bytes (up to uncompressed offset ${lastOut + inflated.byteLength}), short of the ${size} declared; the zinfo does not belong to this blob or the blob is corrupt`,
           );
         }
         const data = declared === undefined ? inflated : inflated.subarray(0, declared);
-        inflight.delete(i);
         if (data.byteLength <= cacheBytes) {
           cache.set(i, data);
           cachedBytes += data.byteLength;
