@@ -10,7 +10,14 @@ import { type BlockSize, type ImageSummary, ImageWriter, xattrBodySize } from '.
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type EntryNode, TreeBuilder, type WhiteoutMode } from '../fs-tree/apply.ts';
 import { type Attributes, EMPTY_CONTENT, type FileContent, type Leaf } from '../fs-tree/tree.ts';
-import { createZinfoBuilder, encodeZinfo, type ZinfoBuilder } from '../gzip-index/index.ts';
+import {
+  createZinfoBuilder,
+  encodeSpanDigests,
+  encodeZinfo,
+  SPAN_DIGESTS_SUFFIX,
+  type ZinfoBuilder,
+  zinfoDigest,
+} from '../gzip-index/index.ts';
 import { decompress, detectCompression } from '../io/decompress.ts';
 import { fileError, temporaryPathFor, writeFileAtomically } from '../io/files.ts';
 import { readTar } from '../tar/reader.ts';
@@ -85,7 +92,9 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
   const mode = options.mode ?? { kind: 'full' };
   const index = mode.kind === 'index';
   const zinfoBuilder =
-    mode.kind === 'index' && mode.zinfo ? createZinfoBuilder({ span: mode.zinfo.span }) : undefined;
+    mode.kind === 'index' && mode.zinfo
+      ? createZinfoBuilder({ span: mode.zinfo.span, spanDigests: true })
+      : undefined;
   if (index) {
     if (options.sources.length !== 1 || options.sources[0]?.kind === 'dir') {
       throw new ErofsOciError('usage', 'index mode takes exactly one tar layer');
@@ -139,7 +148,14 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
       ...(index ? { externalDeviceSize: tarSize } : {}),
     });
     if (mode.kind === 'index' && mode.zinfo && zinfoBuilder) {
-      await writeFileAtomically(mode.zinfo.path, encodeZinfo(zinfoBuilder.result().zinfo));
+      const built = zinfoBuilder.result();
+      const zinfo = encodeZinfo(built.zinfo);
+      await writeFileAtomically(mode.zinfo.path, zinfo);
+      // Beside it, not in it: the zinfo stays what SOCI and erofs-utils read (src/gzip-index/span-digests.ts).
+      await writeFileAtomically(
+        `${mode.zinfo.path}${SPAN_DIGESTS_SUFFIX}`,
+        encodeSpanDigests({ zinfo: zinfoDigest(zinfo), spans: built.spanDigests ?? [] }),
+      );
     }
     await rename(temporary, options.output);
     return {

@@ -36,7 +36,9 @@ Options:
   --mode full|index   full (default): file data inside the image; index: metadata only, one tar
                       layer, 512-byte blocks, data addressed in the uncompressed tar so that
                       [image][uncompressed tar] is a mountable filesystem
-  --zinfo FILE        index mode, gzip layer: also write its gzip index (zinfo) to FILE in the same pass
+  --zinfo FILE        index mode, gzip layer: also write its gzip index (zinfo) to FILE in the same pass,
+                      and the SHA-256 of each span's uncompressed bytes to FILE.span-sha256 (mount
+                      --tarindex --zinfo FILE checks every span it inflates against them)
   --span BYTES        uncompressed bytes between zinfo checkpoints (default 4 MiB)
   --block-size N      4096 (default), 2048, 1024 or 512
   --quiet             no progress and no summary on stderr

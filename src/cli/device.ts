@@ -6,7 +6,13 @@
 import { readFile } from 'node:fs/promises';
 import { LAYOUT_HEAD_BYTES, layoutAnchors, openImage } from '../erofs/reader.ts';
 import { ErofsOciError } from '../errors.ts';
-import { decodeZinfo, openZinfoSource } from '../gzip-index/index.ts';
+import {
+  decodeSpanDigests,
+  decodeZinfo,
+  openZinfoSource,
+  SPAN_DIGESTS_SUFFIX,
+  type SpanDigests,
+} from '../gzip-index/index.ts';
 import { type BlockCache, openBlockCache, type RangeFetch, readCachedHead } from '../io/block-cache.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { concatSources } from '../io/concat-source.ts';
@@ -67,6 +73,23 @@ export function chunkIndexLayer(descriptor: Descriptor): ChunkIndexLayer {
     size: descriptor.size,
     ...(descriptor.annotations === undefined ? {} : { annotations: { ...descriptor.annotations } }),
   };
+}
+
+/** The span digests `build --mode index --zinfo` writes beside the zinfo, when they are there. */
+async function readSpanDigests(
+  zinfoPath: string,
+  zinfoBytes: Uint8Array,
+  checkpoints: number,
+): Promise<SpanDigests | undefined> {
+  const path = `${zinfoPath}${SPAN_DIGESTS_SUFFIX}`;
+  let bytes: Uint8Array;
+  try {
+    bytes = await readFile(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ErofsOciError('io', `cannot read ${path}: ${(error as Error).message}`);
+  }
+  return decodeSpanDigests(bytes, zinfoBytes, checkpoints, path);
 }
 
 export async function openLayerDevice(
@@ -199,15 +222,24 @@ export async function openLayerDevice(
           },
         );
       }
-      const zinfo = decodeZinfo(
-        await readFile(options.zinfo).catch((error: NodeJS.ErrnoException) => {
-          throw new ErofsOciError(
-            error.code === 'ENOENT' ? 'not-found' : 'io',
-            `cannot read ${options.zinfo}: ${error.message}`,
-          );
-        }),
+      const zinfoBytes = await readFile(options.zinfo).catch((error: NodeJS.ErrnoException) => {
+        throw new ErofsOciError(
+          error.code === 'ENOENT' ? 'not-found' : 'io',
+          `cannot read ${options.zinfo}: ${error.message}`,
+        );
+      });
+      const zinfo = decodeZinfo(zinfoBytes);
+      const spans = await readSpanDigests(options.zinfo, zinfoBytes, zinfo.checkpoints.length);
+      options.log?.(
+        spans === undefined
+          ? `hybrid ${layer.digest}: no ${options.zinfo}${SPAN_DIGESTS_SUFFIX}: tar spans are not checked one by one, the blob is verified as a whole once complete`
+          : `hybrid ${layer.digest}: every span inflated is checked against ${options.zinfo}${SPAN_DIGESTS_SUFFIX}`,
       );
-      tar = await openZinfoSource(blobCache, zinfo, { uncompressedSize: tarSize, signal: options.signal });
+      tar = await openZinfoSource(blobCache, zinfo, {
+        uncompressedSize: tarSize,
+        signal: options.signal,
+        ...(spans === undefined ? {} : { spanDigests: spans.spans }),
+      });
     } else if (layer.format.compression === 'none') {
       tar = blobCache;
     } else {

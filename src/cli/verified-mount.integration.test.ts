@@ -102,6 +102,13 @@ describe('verified mounts', { skip }, () => {
       ]);
       await pushStandalone(registry.url, `test/${name}-standalone`, out);
     }
+    // The gzip source itself, for hybrid mounts.
+    await skopeo([
+      'copy',
+      '--dest-tls-verify=false',
+      `oci:${source}:v1`,
+      `docker://${registry.host}/test/gzip:v1`,
+    ]);
     // An image without chunk indexes: layers built by `build`.
     const plain = await buildReproducible(`tar:${tars[0]}`, join(dir.path, 'plain.erofs'));
     const plainLayout = join(dir.path, 'plain');
@@ -383,6 +390,66 @@ describe('verified mounts', { skip }, () => {
       result.stderr,
       /decompressed image is sha256:[0-9a-f]+, the config.s rootfs\.diff_ids\[0\] says/,
     );
+  });
+
+  it('hybrid: build --zinfo writes span digests beside an unchanged zinfo; mount checks every span it inflates', async () => {
+    const meta = join(dir.path, 'gz.meta');
+    const zinfo = join(dir.path, 'gz.zinfo');
+    const built = await runCli(
+      [
+        'build',
+        '--quiet',
+        '--insecure',
+        '--mode',
+        'index',
+        '--zinfo',
+        zinfo,
+        '--span',
+        `${1 << 20}`,
+        '--layer',
+        '0',
+        ref('gzip'),
+        meta,
+      ],
+      { env },
+    );
+    assert.equal(built.status, 0, built.stderr);
+    // The zinfo is what `erofs-oci zinfo` alone writes for the same blob: the digests live beside it.
+    const alone = join(dir.path, 'alone.zinfo');
+    const indexed = await runCli(
+      ['zinfo', '--insecure', '--span', `${1 << 20}`, '--layer', '0', ref('gzip'), alone],
+      { env },
+    );
+    assert.equal(indexed.status, 0, indexed.stderr);
+    assert.ok(Buffer.compare(await readFile(zinfo), await readFile(alone)) === 0, 'the same zinfo bytes');
+    const sidecar = `${zinfo}.span-sha256`;
+    const digests = JSON.parse(await readFile(sidecar, 'utf8')) as { spans: string[] };
+    assert.ok(digests.spans.length >= 6, 'a 6 MiB layer has six 1 MiB spans or more');
+    const args = ['--layer', '0', '--tarindex', meta, '--zinfo', zinfo];
+    await mounted('gzip', args, async (mnt) => {
+      assert.equal(
+        sha256(await readFile(join(mnt, 'big.bin'))),
+        sha256(await readFile(join(dir.path, 'expected', 'big.bin'))),
+      );
+      assert.equal(await readFile(join(mnt, 'small.txt'), 'utf8'), 'small\n');
+      const logs = await grepLogs(join(dir.path, 'state'), 'every span inflated is checked');
+      assert.ok(logs.length > 0, 'the server says it checks spans');
+    });
+    // A digest that does not match its span (as if the blob had changed under the zinfo): the file in that
+    // span (the middle of big.bin) fails with EIO, files in other spans read.
+    const wrong = { ...digests, spans: digests.spans.map((d, i) => (i === 3 ? '0'.repeat(64) : d)) };
+    await writeFile(sidecar, JSON.stringify(wrong));
+    try {
+      await mounted('gzip', args, async (mnt) => {
+        await assert.rejects(
+          readFile(join(mnt, 'big.bin')),
+          (error: NodeJS.ErrnoException) => error.code === 'EIO',
+        );
+        assert.equal(await readFile(join(mnt, 'small.txt'), 'utf8'), 'small\n');
+      });
+    } finally {
+      await writeFile(sidecar, JSON.stringify(digests));
+    }
   });
 
   it('--require-verified refuses an image without chunk indexes, naming the layer', async () => {
