@@ -264,4 +264,47 @@ describe('openVerifiedSource', () => {
       { numRuns: 40 },
     );
   });
+
+  it('lend gives the bytes read gives; a released buffer is reused, never one still lent', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.boolean(),
+        fc.array(fc.tuple(fc.nat(), fc.constantFrom(1, 4096, 10_000, 16_384), fc.boolean()), {
+          minLength: 1,
+          maxLength: 20,
+        }),
+        async (zstd, reads) => {
+          const size = 60_000;
+          const image = imageData(size, 11);
+          const { blob, found } = await layerOf(image, 4096, zstd);
+          const source = openVerifiedSource(origin(blob).source, found.index, found.sectionOffset, {
+            name: 'layer 0',
+          });
+          const held: Array<{ offset: number; length: number; bytes: Uint8Array }> = [];
+          for (const [at, len, keep] of reads) {
+            const offset = at % size;
+            const length = Math.min(len, size - offset);
+            const loan = await source.lend(offset, length);
+            const expected = Buffer.from(image.subarray(offset, offset + length));
+            assert.deepEqual(Buffer.from(loan.bytes), expected);
+            if (keep) held.push({ offset, length, bytes: loan.bytes });
+            else loan.release();
+          }
+          // Bytes still lent were never overwritten by later loans.
+          for (const h of held)
+            assert.deepEqual(
+              Buffer.from(h.bytes),
+              Buffer.from(image.subarray(h.offset, h.offset + h.length)),
+            );
+          // A read across chunks given back is the buffer the next such read gets.
+          const a = await source.lend(4000, 200);
+          a.release();
+          const b = await source.lend(8100, 200);
+          assert.equal(b.bytes, a.bytes);
+          assert.deepEqual(Buffer.from(b.bytes), Buffer.from(image.subarray(8100, 8300)));
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
 });

@@ -23,7 +23,7 @@ import {
   locateChunk,
 } from '../chunk-index/index.ts';
 import { CorruptInputError, ErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
-import type { ByteSource, Closable, ReadOptions } from '../io/byte-source.ts';
+import type { ByteSource, Closable, Lending, Loan, ReadOptions } from '../io/byte-source.ts';
 import type { ChunkStore } from './chunk-store.ts';
 
 const unzstd = promisify(zstdDecompress);
@@ -54,7 +54,7 @@ export interface VerifiedStats {
   storeHits: number;
 }
 
-export interface VerifiedSource extends ByteSource, Closable {
+export interface VerifiedSource extends ByteSource, Closable, Lending {
   readonly index: ChunkIndex;
   readonly stats: VerifiedStats;
 }
@@ -281,48 +281,99 @@ export function openVerifiedSource(
     return raceAbort(Promise.all(parts), signal);
   };
 
+  /**
+   * Buffers of reads that span chunks, lent out and taken back once sent (`lend`), by length (reads come
+   * in a few sizes: the kernel's block and readahead sizes); at most `SPARE_BYTES` kept.
+   */
+  const spare = new Map<number, Uint8Array[]>();
+  let spareBytes = 0;
+  const SPARE_BYTES = 8 * 1024 * 1024;
+
+  /** The chunks covering [offset, offset + length), read ahead when reads go sequentially. */
+  const gather = async (
+    offset: number,
+    length: number,
+    readOptions: ReadOptions,
+  ): Promise<{ first: number; parts: Uint8Array[] }> => {
+    if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0)) {
+      throw new ErofsOciError('internal', `bad read [${offset}, +${length})`);
+    }
+    if (offset + length > index.uncompressedSize) {
+      throw new ErofsOciError(
+        'internal',
+        `read [${offset}, +${length}) beyond the ${index.uncompressedSize}-byte image of ${options.name}`,
+      );
+    }
+    throwIfAborted(readOptions.signal);
+    const first = findChunk(index, offset);
+    const last = findChunk(index, offset + length - 1);
+    const sequential = first === lastRead || first === lastRead + 1;
+    lastRead = last;
+    const parts = chunkData(first, last, readOptions.signal);
+    if (sequential && readaheadChunks > 0 && last + 1 < chunks.length) {
+      // Fetched ahead without the reader's signal (it is not the reader's fetch) and without waiting;
+      // a failure there is not reported: the read that needs the chunk fetches it again.
+      const end = Math.min(chunks.length - 1, last + readaheadChunks);
+      chunkData(last + 1, end).catch(() => {});
+    }
+    return { first, parts: await parts };
+  };
+
   return {
     index,
     stats,
     size: index.uncompressedSize,
     async read(offset: number, length: number, readOptions: ReadOptions = {}): Promise<Uint8Array> {
-      if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0)) {
-        throw new ErofsOciError('internal', `bad read [${offset}, +${length})`);
-      }
-      if (offset + length > index.uncompressedSize) {
-        throw new ErofsOciError(
-          'internal',
-          `read [${offset}, +${length}) beyond the ${index.uncompressedSize}-byte image of ${options.name}`,
-        );
-      }
-      if (length === 0) return new Uint8Array(0);
-      throwIfAborted(readOptions.signal);
-      const first = findChunk(index, offset);
-      const last = findChunk(index, offset + length - 1);
-      const sequential = first === lastRead || first === lastRead + 1;
-      lastRead = last;
-      const parts = chunkData(first, last, readOptions.signal);
-      if (sequential && readaheadChunks > 0 && last + 1 < chunks.length) {
-        // Fetched ahead without the reader's signal (it is not the reader's fetch) and without waiting;
-        // a failure there is not reported: the read that needs the chunk fetches it again.
-        const end = Math.min(chunks.length - 1, last + readaheadChunks);
-        chunkData(last + 1, end).catch(() => {});
-      }
-      return assemble(first, await parts, offset, length);
+      if (length === 0 && Number.isSafeInteger(offset) && offset >= 0 && offset <= index.uncompressedSize)
+        return new Uint8Array(0);
+      const { first, parts } = await gather(offset, length, readOptions);
+      return assemble(first, parts, offset, length, undefined);
+    },
+    async lend(offset: number, length: number, readOptions: ReadOptions = {}): Promise<Loan> {
+      if (length === 0 && Number.isSafeInteger(offset) && offset >= 0 && offset <= index.uncompressedSize)
+        return { bytes: new Uint8Array(0), release: () => {} };
+      const { first, parts } = await gather(offset, length, readOptions);
+      // A read within one chunk is a view of it (nothing to give back); across chunks, a reused buffer.
+      if (parts.length === 1)
+        return { bytes: assemble(first, parts, offset, length, undefined), release: () => {} };
+      const buffer = spare.get(length)?.pop();
+      if (buffer !== undefined) spareBytes -= length;
+      const bytes = assemble(first, parts, offset, length, buffer);
+      let released = false;
+      return {
+        bytes,
+        release: () => {
+          if (released) return;
+          released = true;
+          if (spareBytes + length > SPARE_BYTES) return;
+          spareBytes += length;
+          const list = spare.get(length);
+          if (list === undefined) spare.set(length, [bytes]);
+          else list.push(bytes);
+        },
+      };
     },
     async close(): Promise<void> {
       lifetime.abort(new ErofsOciError('aborted', `${options.name}: the verified source is closed`));
       memory.clear();
       memoryUsed = 0;
+      spare.clear();
+      spareBytes = 0;
     },
   };
 
-  function assemble(first: number, parts: Uint8Array[], offset: number, length: number): Uint8Array {
+  function assemble(
+    first: number,
+    parts: Uint8Array[],
+    offset: number,
+    length: number,
+    into: Uint8Array | undefined,
+  ): Uint8Array {
     if (parts.length === 1) {
       const start = offset - chunks[first]!.uncompressedOffset;
       return parts[0]!.subarray(start, start + length);
     }
-    const out = new Uint8Array(length);
+    const out = into ?? new Uint8Array(length);
     for (let k = 0; k < parts.length; k++) {
       const chunk = chunks[first + k]!;
       const from = Math.max(offset, chunk.uncompressedOffset);
