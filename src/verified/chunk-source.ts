@@ -102,8 +102,21 @@ export function openVerifiedSource(
   const pending = new Map<number, Promise<Uint8Array>>();
   const lifetime = new AbortController();
 
+  /**
+   * Chunks with the same checksum and length hold the same bytes (the index is content-addressed, spec
+   * §3.4.5): the last of them remembered, so that a twin is answered from memory instead of being fetched,
+   * hashed and decompressed again (zeroed or repeated regions of an image).
+   */
+  const contentKeys = chunks.map((c) => `${Buffer.from(c.checksum).toString('hex')}:${c.uncompressedLength}`);
+  const twins = new Map<string, number>();
+  const twinInMemory = (i: number): Uint8Array | undefined => {
+    const twin = twins.get(contentKeys[i]!);
+    return twin === undefined ? undefined : memory.get(twin);
+  };
+
   const remember = (i: number, data: Uint8Array): void => {
     memory.set(i, data);
+    twins.set(contentKeys[i]!, i);
     memoryUsed += data.byteLength;
     for (const [key, value] of memory) {
       if (memoryUsed <= memoryBytes || memory.size <= 1) break;
@@ -247,7 +260,12 @@ export function openVerifiedSource(
   const chunkData = async (first: number, last: number, signal?: AbortSignal): Promise<Uint8Array[]> => {
     // Missing chunks not already on their way: try the store first, then fetch the rest in runs.
     const missing: number[] = [];
-    for (let i = first; i <= last; i++) if (!memory.has(i) && !pending.has(i)) missing.push(i);
+    for (let i = first; i <= last; i++) {
+      if (memory.has(i) || pending.has(i)) continue;
+      const twin = twinInMemory(i);
+      if (twin !== undefined) remember(i, twin);
+      else missing.push(i);
+    }
     if (options.store !== undefined && missing.length > 0) {
       const loaded = await raceAbort(Promise.all(missing.map((i) => fromStore(chunks[i]!))), signal);
       for (let k = missing.length - 1; k >= 0; k--) {
