@@ -18,6 +18,17 @@ export interface CompressOptions {
   pclusterSize: number;
 }
 
+/**
+ * The Zstandard window (log2) for a pcluster size: as mkfs.erofs, 8 pclusters up to the 1 MiB the kernel
+ * allows (`Z_EROFS_ZSTD_MAX_DICT_SIZE`). Recorded in the superblock's zstd configuration.
+ */
+export function zstdWindowLog(pclusterSize: number): number {
+  return Math.min(20, Math.floor(Math.log2(pclusterSize * 8)));
+}
+
+/** DEFLATE's window (log2): node:zlib's default, the largest the format (and the kernel) allows. */
+export const DEFLATE_WINDOW_BITS = 15;
+
 export interface CompressedFile {
   /** Extents from offset 0, `pblk` counted from the file's first pcluster block (0). */
   extents: PclusterExtent[];
@@ -39,6 +50,7 @@ function compressPrefix(
       return zstdCompressSync(data, {
         params: {
           [constants.ZSTD_c_compressionLevel]: options.level ?? 3,
+          [constants.ZSTD_c_windowLog]: zstdWindowLog(options.pclusterSize),
           [constants.ZSTD_c_contentSizeFlag]: 0,
           [constants.ZSTD_c_checksumFlag]: 0,
         },
