@@ -622,7 +622,8 @@ async function* segmentsOf(
   let total = 0;
   for await (const chunk of body) {
     throwIfAborted(signal);
-    if (total + chunk.byteLength > size) throw new ErofsOciError('internal', 'file body longer than its size');
+    if (total + chunk.byteLength > size)
+      throw new ErofsOciError('internal', 'file body longer than its size');
     total += chunk.byteLength;
     let at = 0;
     while (at < chunk.byteLength) {
