@@ -281,7 +281,7 @@ const LEVELS: Record<string, { alg: CompressionAlg; min: number; max: number; de
   // lz4hc: the same LZ4 block format; our encoder has one (greedy) strategy, so the level is accepted
   // for mkfs.erofs compatibility and the output is the lz4 one.
   lz4hc: { alg: CompressionAlg.lz4, min: 0, max: 12 },
-  deflate: { alg: CompressionAlg.deflate, min: 0, max: 9, default: 9 },
+  deflate: { alg: CompressionAlg.deflate, min: 0, max: 9, default: 1 },
   zstd: { alg: CompressionAlg.zstd, min: -7, max: 22, default: 3 },
 };
 

@@ -42,10 +42,11 @@ function compressPrefix(
   input: Uint8Array,
   capacity: number,
   options: CompressOptions,
+  ratio: number,
 ): { output: Uint8Array; consumed: number } {
   if (options.alg === CompressionAlg.lz4) return lz4CompressDestSize(input, capacity);
   const encode = (data: Uint8Array): Uint8Array => {
-    if (options.alg === CompressionAlg.deflate) return deflateRawSync(data, { level: options.level ?? 9 });
+    if (options.alg === CompressionAlg.deflate) return deflateRawSync(data, { level: options.level ?? 1 });
     if (options.alg === CompressionAlg.zstd) {
       return zstdCompressSync(data, {
         params: {
@@ -58,8 +59,11 @@ function compressPrefix(
     }
     throw new ErofsOciError('unsupported', `Cannot compress with algorithm ${options.alg}`);
   };
-  // Start from a guess of 4x the capacity of input and shrink until the output fits.
-  let take = Math.min(input.byteLength, capacity * 4);
+  // Start from the ratio the previous pcluster had (4x at first) and shrink until the output fits.
+  let take = Math.min(
+    input.byteLength,
+    Math.max(options.blockSize, Math.floor((capacity * ratio) / options.blockSize) * options.blockSize),
+  );
   for (;;) {
     const output = encode(input.subarray(0, take));
     if (output.byteLength <= capacity) return { output, consumed: take };
@@ -79,9 +83,11 @@ export function compressFile(data: Uint8Array, options: CompressOptions): Compre
   let at = 0;
   let pblk = 0;
   let clusterofs = 0;
+  let ratio = 4;
   while (at < data.byteLength) {
     const rest = data.subarray(at);
-    const { output, consumed } = compressPrefix(rest, options.pclusterSize, options);
+    const { output, consumed } = compressPrefix(rest, options.pclusterSize, options, ratio);
+    if (consumed > 0 && output.byteLength > 0) ratio = Math.min(16, Math.max(1, consumed / output.byteLength));
     const blocks = Math.ceil(output.byteLength / bs);
     // Compressed only if it saves a block and (without tail packing) crosses an lcluster end; and only if
     // its first byte is not 0, which 0PADDING readers take for padding (a deflate stream may start with a
