@@ -22,6 +22,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } 
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mkfsErofs19 } from '../test-support/kernel.ts';
+import { benchCompress } from './compress.ts';
 import { benchConvert } from './convert.ts';
 import { benchMount } from './mount.ts';
 import { benchRegistryBuild } from './registry-build.ts';
@@ -171,6 +172,15 @@ const suites: Record<string, () => void | Promise<void>> = {
       addRow: (row) => rows.push(['mount', ...row]),
       setResults: (value) => {
         results.mount = value;
+      },
+    }),
+  compress: () =>
+    benchCompress({
+      root,
+      benchDir,
+      addRow: (row) => rows.push(['compress', ...row]),
+      setResults: (value) => {
+        results.compress = value;
       },
     }),
   verified: () =>

@@ -6,7 +6,13 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { type BlockSize, type ImageSummary, ImageWriter, xattrBodySize } from '../erofs/writer.ts';
+import {
+  type BlockSize,
+  type CompressionOptions,
+  type ImageSummary,
+  ImageWriter,
+  xattrBodySize,
+} from '../erofs/writer.ts';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
 import { type EntryNode, TreeBuilder, type WhiteoutMode } from '../fs-tree/apply.ts';
 import { type Attributes, EMPTY_CONTENT, type FileContent, type Leaf } from '../fs-tree/tree.ts';
@@ -47,6 +53,8 @@ export interface BuildOptions {
   mode?: BuildMode;
   output: string;
   blockSize?: BlockSize;
+  /** In-filesystem compression of file data (full mode only). */
+  compression?: CompressionOptions;
   /** Build time in seconds (default: `SOURCE_DATE_EPOCH`, else now). File times always come from sources. */
   timestamp?: number;
   /** 16 bytes, or undefined for a random one. */
@@ -99,6 +107,12 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
     if (options.sources.length !== 1 || options.sources[0]?.kind === 'dir') {
       throw new ErofsOciError('usage', 'index mode takes exactly one tar layer');
     }
+    if (options.compression) {
+      throw new ErofsOciError(
+        'usage',
+        'index mode cannot compress: its file data stays in the tar (drop --compress or use --mode full)',
+      );
+    }
     if (options.blockSize !== undefined && options.blockSize !== 512) {
       throw new ErofsOciError('usage', 'index mode uses 512-byte blocks (tar data is 512-byte aligned)');
     }
@@ -107,6 +121,7 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
   const writer = ImageWriter.create(temporary, {
     blockSize: index ? 512 : (options.blockSize ?? 4096),
     ...(index ? { externalDevice: {} } : {}),
+    ...(options.compression ? { compression: options.compression } : {}),
   });
   const prefetcher = new Prefetcher(
     options.sources.map((s) => (s.kind === 'lazy' ? s : null)),

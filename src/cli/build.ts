@@ -2,7 +2,8 @@
 import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { type BuildSource, type BuildSummary, build, sourceName } from '../builder/build.ts';
-import type { BlockSize } from '../erofs/writer.ts';
+import { CompressionAlg } from '../erofs/format.ts';
+import type { BlockSize, CompressionOptions } from '../erofs/writer.ts';
 import { ErofsOciError } from '../errors.ts';
 import type { ImageSource, LayerDescriptor } from '../oci/index.ts';
 import type { CommandIo } from './io.ts';
@@ -41,6 +42,10 @@ Options:
                       --tarindex --zinfo FILE checks every span it inflates against them)
   --span BYTES        uncompressed bytes between zinfo checkpoints (default 4 MiB)
   --block-size N      4096 (default), 2048, 1024 or 512
+  --compress ALG[:LEVEL]  compress file data in the filesystem (full mode): lz4, lz4hc, deflate
+                      (Linux 6.6+) or zstd (Linux 6.10+); files that do not shrink stay plain
+  --pcluster-size BYTES   physical cluster size for --compress: a multiple of the block size up to
+                      1 MiB (default: one block, as mkfs.erofs -C)
   --quiet             no progress and no summary on stderr
   --json              print a JSON summary on stdout
   --debug             show the causes of errors
@@ -62,6 +67,8 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
       zinfo: { type: 'string' },
       span: { type: 'string' },
       'block-size': { type: 'string' },
+      compress: { type: 'string' },
+      'pcluster-size': { type: 'string' },
       quiet: { type: 'boolean', short: 'q' },
       json: { type: 'boolean' },
       debug: { type: 'boolean' },
@@ -117,6 +124,18 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
     const mode = values.mode ?? 'full';
     if (mode !== 'full' && mode !== 'index')
       throw new ErofsOciError('usage', `--mode must be full or index, not ${mode}`);
+    if (values['pcluster-size'] !== undefined && values.compress === undefined)
+      throw new ErofsOciError('usage', '--pcluster-size goes with --compress');
+    const compression =
+      values.compress === undefined
+        ? undefined
+        : parseCompress(values.compress, values['pcluster-size'], blockSize ?? 4096);
+    if (compression && mode === 'index') {
+      throw new ErofsOciError(
+        'usage',
+        'index mode cannot compress: its file data stays in the tar (drop --compress or use --mode full)',
+      );
+    }
     if (mode !== 'index' && values.zinfo !== undefined)
       throw new ErofsOciError('usage', '--zinfo goes with --mode index');
     const progress =
@@ -154,6 +173,7 @@ export async function buildCommand(args: string[], io: CommandIo): Promise<numbe
                   }),
             },
       blockSize,
+      ...(compression ? { compression } : {}),
       timestamp: values.timestamp === undefined ? undefined : parseTimestamp(values.timestamp),
       uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
       label: values.label,
@@ -256,4 +276,49 @@ export function parseSpan(value: string): number {
   if (!Number.isSafeInteger(n) || n <= 0)
     throw new ErofsOciError('usage', `--span must be a positive number of bytes, not ${value}`);
   return n;
+}
+
+const LEVELS: Record<string, { alg: CompressionAlg; min: number; max: number; default?: number }> = {
+  lz4: { alg: CompressionAlg.lz4, min: 0, max: 0 },
+  // lz4hc: the same LZ4 block format; our encoder has one (greedy) strategy, so the level is accepted
+  // for mkfs.erofs compatibility and the output is the lz4 one.
+  lz4hc: { alg: CompressionAlg.lz4, min: 0, max: 12 },
+  deflate: { alg: CompressionAlg.deflate, min: 0, max: 9, default: 1 },
+  zstd: { alg: CompressionAlg.zstd, min: -7, max: 22, default: 3 },
+};
+
+/** `--compress ALG[:LEVEL]` and `--pcluster-size BYTES`. */
+export function parseCompress(
+  value: string,
+  pclusterSize: string | undefined,
+  blockSize: number,
+): CompressionOptions {
+  const [name = '', levelText, ...rest] = value.split(':');
+  const spec = LEVELS[name];
+  if (!spec || rest.length > 0) {
+    throw new ErofsOciError(
+      'usage',
+      `--compress must be lz4, lz4hc, deflate or zstd, with an optional :LEVEL, not ${value}`,
+    );
+  }
+  let level = spec.default;
+  if (levelText !== undefined) {
+    const n = Number(levelText);
+    if (!/^-?\d+$/.test(levelText) || n < spec.min || n > spec.max) {
+      throw new ErofsOciError('usage', `${name} level must be ${spec.min}..${spec.max}, not ${levelText}`);
+    }
+    level = n;
+  }
+  const size = pclusterSize === undefined ? blockSize : Number(pclusterSize);
+  if (!Number.isSafeInteger(size) || size < blockSize || size % blockSize !== 0 || size > 1024 * 1024) {
+    throw new ErofsOciError(
+      'usage',
+      `--pcluster-size must be a multiple of the block size (${blockSize}) up to 1 MiB, not ${pclusterSize}`,
+    );
+  }
+  return {
+    alg: spec.alg,
+    pclusterSize: size,
+    ...(level === undefined || spec.alg === CompressionAlg.lz4 ? {} : { level }),
+  };
 }

@@ -322,3 +322,39 @@ export const zExtent = defineStruct(
   ],
   32,
 );
+
+/** `EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER`: the same bit as COMPR_CFGS (pclusters of several blocks). */
+export const FEATURE_INCOMPAT_BIG_PCLUSTER = 0x2;
+
+/**
+ * Per-algorithm configurations after the superblock (COMPR_CFGS): for each bit of `availableComprAlgs`,
+ * lowest first, a `__le16` size and the algorithm's struct.
+ */
+export const lz4Cfgs = defineStruct(
+  'z_erofs_lz4_cfgs',
+  [
+    { name: 'maxDistance', type: 'u16' },
+    { name: 'maxPclusterblks', type: 'u16' },
+    { name: 'reserved', type: { bytes: 10 } },
+  ],
+  14,
+);
+
+export const deflateCfgs = defineStruct(
+  'z_erofs_deflate_cfgs',
+  [
+    { name: 'windowbits', type: 'u8' }, // 8..15
+    { name: 'reserved', type: { bytes: 5 } },
+  ],
+  6,
+);
+
+export const zstdCfgs = defineStruct(
+  'z_erofs_zstd_cfgs',
+  [
+    { name: 'format', type: 'u8' },
+    { name: 'windowlog', type: 'u8' }, // window log - 10 (ZSTD_WINDOWLOG_ABSOLUTEMIN)
+    { name: 'reserved', type: { bytes: 4 } },
+  ],
+  6,
+);

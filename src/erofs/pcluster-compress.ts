@@ -18,6 +18,17 @@ export interface CompressOptions {
   pclusterSize: number;
 }
 
+/**
+ * The Zstandard window (log2) for a pcluster size: as mkfs.erofs, 8 pclusters up to the 1 MiB the kernel
+ * allows (`Z_EROFS_ZSTD_MAX_DICT_SIZE`). Recorded in the superblock's zstd configuration.
+ */
+export function zstdWindowLog(pclusterSize: number): number {
+  return Math.min(20, Math.floor(Math.log2(pclusterSize * 8)));
+}
+
+/** DEFLATE's window (log2): node:zlib's default, the largest the format (and the kernel) allows. */
+export const DEFLATE_WINDOW_BITS = 15;
+
 export interface CompressedFile {
   /** Extents from offset 0, `pblk` counted from the file's first pcluster block (0). */
   extents: PclusterExtent[];
@@ -31,14 +42,16 @@ function compressPrefix(
   input: Uint8Array,
   capacity: number,
   options: CompressOptions,
+  ratio: number,
 ): { output: Uint8Array; consumed: number } {
   if (options.alg === CompressionAlg.lz4) return lz4CompressDestSize(input, capacity);
   const encode = (data: Uint8Array): Uint8Array => {
-    if (options.alg === CompressionAlg.deflate) return deflateRawSync(data, { level: options.level ?? 9 });
+    if (options.alg === CompressionAlg.deflate) return deflateRawSync(data, { level: options.level ?? 1 });
     if (options.alg === CompressionAlg.zstd) {
       return zstdCompressSync(data, {
         params: {
           [constants.ZSTD_c_compressionLevel]: options.level ?? 3,
+          [constants.ZSTD_c_windowLog]: zstdWindowLog(options.pclusterSize),
           [constants.ZSTD_c_contentSizeFlag]: 0,
           [constants.ZSTD_c_checksumFlag]: 0,
         },
@@ -46,8 +59,11 @@ function compressPrefix(
     }
     throw new ErofsOciError('unsupported', `Cannot compress with algorithm ${options.alg}`);
   };
-  // Start from a guess of 4x the capacity of input and shrink until the output fits.
-  let take = Math.min(input.byteLength, capacity * 4);
+  // Start from the ratio the previous pcluster had (4x at first) and shrink until the output fits.
+  let take = Math.min(
+    input.byteLength,
+    Math.max(options.blockSize, Math.floor((capacity * ratio) / options.blockSize) * options.blockSize),
+  );
   for (;;) {
     const output = encode(input.subarray(0, take));
     if (output.byteLength <= capacity) return { output, consumed: take };
@@ -67,9 +83,11 @@ export function compressFile(data: Uint8Array, options: CompressOptions): Compre
   let at = 0;
   let pblk = 0;
   let clusterofs = 0;
+  let ratio = 4;
   while (at < data.byteLength) {
     const rest = data.subarray(at);
-    const { output, consumed } = compressPrefix(rest, options.pclusterSize, options);
+    const { output, consumed } = compressPrefix(rest, options.pclusterSize, options, ratio);
+    if (consumed > 0 && output.byteLength > 0) ratio = Math.min(16, Math.max(1, consumed / output.byteLength));
     const blocks = Math.ceil(output.byteLength / bs);
     // Compressed only if it saves a block and (without tail packing) crosses an lcluster end; and only if
     // its first byte is not 0, which 0PADDING readers take for padding (a deflate stream may start with a

@@ -25,8 +25,22 @@ import type { ByteString, Directory, FileContent, Node } from '../fs-tree/tree.t
 import { fromByteString } from '../fs-tree/tree.ts';
 import { crc32c } from '../io/crc32c.ts';
 import { FileWriter } from '../io/file-writer.ts';
+import { CompressPool, defaultCompressWorkers } from './compress-pool.ts';
+import type { CompressedSegment } from './compress-pool.ts';
 import {
   CHUNK_FORMAT_BLKBITS_MASK,
+  CompressionAlg,
+  deflateCfgs,
+  FEATURE_INCOMPAT_BIG_PCLUSTER,
+  FEATURE_INCOMPAT_COMPR_CFGS,
+  FEATURE_INCOMPAT_ZERO_PADDING,
+  lz4Cfgs,
+  PCLUSTER_MAX_SIZE,
+  Z_ADVISE_BIG_PCLUSTER_1,
+  Z_ADVISE_BIG_PCLUSTER_2,
+  Z_ADVISE_COMPACTED_2B,
+  zMapHeader,
+  zstdCfgs,
   CHUNK_FORMAT_INDEXES,
   chunkIndex,
   DataLayout,
@@ -58,6 +72,8 @@ import {
   xattrEntry,
   xattrIbodyHeader,
 } from './format.ts';
+import { DEFLATE_WINDOW_BITS, zstdWindowLog } from './pcluster-compress.ts';
+import { encodeCompactIndexes, lclusterEntries } from './zindex-writer.ts';
 
 export type BlockSize = 512 | 1024 | 2048 | 4096;
 
@@ -68,7 +84,25 @@ export interface WriterOptions {
    * device 1 of the device table, with unified block addresses following the image's own blocks.
    */
   externalDevice?: { tag?: string };
+  /** In-filesystem compression of regular files (full mode only). */
+  compression?: CompressionOptions;
 }
+
+export interface CompressionOptions {
+  alg: CompressionAlg;
+  level?: number;
+  /** Bytes per physical cluster: a multiple of the block size, at most 1 MiB. */
+  pclusterSize: number;
+  /** Worker threads compressing (default: one per core; 0 compresses on the calling thread). */
+  workers?: number;
+}
+
+/** Files are compressed in segments of this many bytes, each on its own (fixed cuts: reproducible). */
+const SEGMENT_SIZE = 4 * 1024 * 1024;
+/** Files up to this size are held in memory while compressed; larger ones stream (raw copy spilled). */
+const IN_MEMORY_FILE = 16 * 1024 * 1024;
+/** Bytes of source data held for files not yet written out, before the reader is held back. */
+const HELD_LIMIT = 64 * 1024 * 1024;
 
 export interface FinishOptions {
   /** Build time in seconds since the epoch (superblock `epoch` + `build_time`). */
@@ -106,6 +140,13 @@ export class ImageWriter {
   readonly #spillFd: number;
   readonly #external: boolean;
   readonly #externalTag: string;
+  readonly #compression: CompressionOptions | undefined;
+  readonly #pool: CompressPool | null;
+  /** Files are placed in the data area in the order they were given, through this chain. */
+  #tail: Promise<void> = Promise.resolve();
+  #failure: unknown = null;
+  #held = 0;
+  #rawSpill: { path: string; fd: number } | null = null;
   #closed = false;
 
   private constructor(path: string, options: WriterOptions) {
@@ -113,6 +154,7 @@ export class ImageWriter {
     this.#path = path;
     this.#external = options.externalDevice !== undefined;
     this.#externalTag = options.externalDevice?.tag ?? '';
+    this.#compression = options.compression;
     const fd = openSync(path, 'w+', 0o644);
     this.#spillPath = `${path}.tails`;
     try {
@@ -123,6 +165,9 @@ export class ImageWriter {
     }
     this.#spill = new FileWriter(this.#spillFd);
     this.#out = new FileWriter(fd, this.#headerBlocks() * this.blockSize);
+    this.#pool = this.#compression
+      ? new CompressPool(this.#compression.workers ?? defaultCompressWorkers())
+      : null;
   }
 
   /** Creates `path` (truncating it) and prepares to receive file data. */
@@ -133,6 +178,26 @@ export class ImageWriter {
         `unsupported block size ${options.blockSize}: use 512, 1024, 2048 or 4096`,
       );
     }
+    const c = options.compression;
+    if (c) {
+      if (options.externalDevice) {
+        throw new ErofsOciError('usage', 'index mode cannot compress: its file data lives in the tar');
+      }
+      if (!Object.values(CompressionAlg).includes(c.alg) || c.alg === CompressionAlg.lzma) {
+        throw new ErofsOciError('unsupported', `cannot compress with algorithm ${c.alg}`);
+      }
+      if (
+        !Number.isSafeInteger(c.pclusterSize) ||
+        c.pclusterSize < options.blockSize ||
+        c.pclusterSize % options.blockSize !== 0 ||
+        c.pclusterSize > PCLUSTER_MAX_SIZE
+      ) {
+        throw new ErofsOciError(
+          'usage',
+          `pcluster size ${c.pclusterSize} must be a multiple of the block size (${options.blockSize}) up to 1 MiB`,
+        );
+      }
+    }
     try {
       return new ImageWriter(path, options);
     } catch (error) {
@@ -142,7 +207,10 @@ export class ImageWriter {
 
   /** Blocks before the data area: superblock and, in index mode, the device table. */
   #headerBlocks(): number {
-    const end = DEVICE_TABLE_OFFSET + (this.#external ? deviceSlot.size : 0);
+    const end =
+      DEVICE_TABLE_OFFSET +
+      (this.#external ? deviceSlot.size : 0) +
+      (this.#compression ? compressionConfigs(this.#compression, this.blockSize).byteLength : 0);
     return Math.ceil(end / this.blockSize);
   }
 
@@ -156,6 +224,17 @@ export class ImageWriter {
     inlineOverhead: number,
     options: { signal?: AbortSignal } = {},
   ): Promise<FileContent> {
+    if (this.#compression) return this.#writeCompressible(body, size, inlineOverhead, options.signal);
+    return this.#writeFlat(body, size, inlineOverhead, options.signal);
+  }
+
+  async #writeFlat(
+    body: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    size: number,
+    inlineOverhead: number,
+    signal: AbortSignal | undefined,
+  ): Promise<FileContent> {
+    const options = { signal };
     const bs = this.blockSize;
     const fullBytes = size - (size % bs);
     const tailLength = size - fullBytes;
@@ -190,8 +269,148 @@ export class ImageWriter {
     };
   }
 
+  /**
+   * Compression mode: the file is read whole (or, when large, segment by segment), its segments are
+   * compressed on the pool, and it is placed in the data area, compressed if that saves a block and plain
+   * otherwise, in the order files were given. The returned content is filled in when the file is placed
+   * (by `finish` at the latest).
+   */
+  async #writeCompressible(
+    body: AsyncIterable<Uint8Array>,
+    size: number,
+    inlineOverhead: number,
+    signal: AbortSignal | undefined,
+  ): Promise<FileContent> {
+    this.#throwIfFailed();
+    const compression = this.#compression as CompressionOptions;
+    const pool = this.#pool as CompressPool;
+    const bs = this.blockSize;
+    if (size > IN_MEMORY_FILE) {
+      await this.#drain();
+      return this.#writeLargeCompressible(body, size, inlineOverhead, signal);
+    }
+    const segments = await readSegments(body, size, signal);
+    while (this.#held > HELD_LIMIT) {
+      await this.#tail.catch(() => {});
+      this.#throwIfFailed();
+    }
+    const content = { ...EMPTY_BLOCKS } as FileContent;
+    const jobs: Promise<CompressedSegment>[] = [];
+    if (size > bs) {
+      for (const segment of segments) jobs.push((await pool.compress(segment, this.#compressOptions())).done);
+    }
+    this.#held += size;
+    this.#enqueue(async () => {
+      const results = await Promise.all(jobs);
+      this.#held -= size;
+      const blocks = results.reduce((sum, r) => sum + r.blocks, 0);
+      if (results.length > 0 && blocks < Math.ceil(size / bs)) {
+        Object.assign(content, this.#placeCompressed(results, size, compression.alg));
+      } else {
+        Object.assign(content, await this.#writeFlat(segments, size, inlineOverhead, signal));
+      }
+    });
+    return content;
+  }
+
+  /** A large file: streamed through the pool in order, its raw bytes spilled in case it does not shrink. */
+  async #writeLargeCompressible(
+    body: AsyncIterable<Uint8Array>,
+    size: number,
+    inlineOverhead: number,
+    signal: AbortSignal | undefined,
+  ): Promise<FileContent> {
+    const compression = this.#compression as CompressionOptions;
+    const pool = this.#pool as CompressPool;
+    const bs = this.blockSize;
+    const start = this.#out.position;
+    this.#rawSpill ??= { path: `${this.#path}.raw`, fd: openSync(`${this.#path}.raw`, 'w+', 0o600) };
+    const raw = new FileWriter(this.#rawSpill.fd, 0);
+    const extents: PlacedExtent[] = [];
+    let blocks = 0;
+    const jobs: Promise<CompressedSegment>[] = [];
+    const place = (segment: CompressedSegment) => {
+      for (const e of segment.extents) extents.push({ ...e, pblk: e.pblk + start / bs + blocks });
+      blocks += segment.blocks;
+      this.#out.write(segment.bytes);
+    };
+    for await (const segment of segmentsOf(body, size, signal)) {
+      raw.write(segment);
+      jobs.push((await pool.compress(segment, this.#compressOptions())).done);
+      while (jobs.length > 2) place(await (jobs.shift() as Promise<CompressedSegment>));
+    }
+    for (const job of jobs) place(await job);
+    raw.flush();
+    if (blocks < Math.ceil(size / bs)) {
+      return {
+        kind: 'compressed',
+        size,
+        alg: compression.alg,
+        startBlock: start / bs,
+        blocks,
+        bigPcluster: compression.pclusterSize > bs,
+        extents,
+      };
+    }
+    this.#out.rewind(start);
+    const fd = this.#rawSpill.fd;
+    function* rawChunks(): Generator<Uint8Array> {
+      for (let at = 0; at < size; at += SEGMENT_SIZE) {
+        const chunk = Buffer.allocUnsafe(Math.min(SEGMENT_SIZE, size - at));
+        readExactly(fd, chunk, 0, chunk.byteLength, at);
+        yield chunk;
+      }
+    }
+    return this.#writeFlat(rawChunks(), size, inlineOverhead, signal);
+  }
+
+  #compressOptions() {
+    const c = this.#compression as CompressionOptions;
+    return {
+      alg: c.alg,
+      blockSize: this.blockSize,
+      pclusterSize: c.pclusterSize,
+      ...(c.level === undefined ? {} : { level: c.level }),
+    };
+  }
+
+  #placeCompressed(results: CompressedSegment[], size: number, alg: number): FileContent {
+    const bs = this.blockSize;
+    const startBlock = this.#out.position / bs;
+    const extents: PlacedExtent[] = [];
+    let blocks = 0;
+    for (const r of results) {
+      for (const e of r.extents) extents.push({ ...e, pblk: e.pblk + startBlock + blocks });
+      blocks += r.blocks;
+      this.#out.write(r.bytes);
+    }
+    const bigPcluster = (this.#compression as CompressionOptions).pclusterSize > bs;
+    return { kind: 'compressed', size, alg, startBlock, blocks, bigPcluster, extents };
+  }
+
+  #enqueue(step: () => Promise<void>): void {
+    const next = this.#tail.then(() => {
+      if (this.#closed) throw new ErofsOciError('internal', 'image writer closed');
+      return step();
+    });
+    next.catch((error: unknown) => {
+      this.#failure ??= error;
+    });
+    this.#tail = next;
+  }
+
+  async #drain(): Promise<void> {
+    await this.#tail.catch(() => {});
+    this.#throwIfFailed();
+  }
+
+  #throwIfFailed(): void {
+    if (this.#failure !== null) throw this.#failure;
+  }
+
   /** Lays out and writes all metadata, the superblock, and closes the image. */
   async finish(root: Directory, options: FinishOptions): Promise<ImageSummary> {
+    await this.#drain();
     throwIfAborted(options.signal);
     await this.#spill.settle();
     await this.#out.settle();
@@ -227,10 +446,19 @@ export class ImageWriter {
     this.#closed = true;
     this.#out.close();
     this.#spill.close();
+    this.#pool?.close();
     try {
       unlinkSync(this.#spillPath);
     } catch {
       // Already gone: nothing to clean up.
+    }
+    if (this.#rawSpill) {
+      closeSync(this.#rawSpill.fd);
+      try {
+        unlinkSync(this.#rawSpill.path);
+      } catch {
+        // Already gone.
+      }
     }
   }
 
@@ -257,6 +485,10 @@ export class ImageWriter {
       if (inode.xattrBody) {
         meta.set(inode.xattrBody, p);
         p += inode.xattrBody.byteLength;
+      }
+      if (inode.zindex) {
+        meta.set(inode.zindex, alignUp(p, 8));
+        continue;
       }
       if (inode.chunk) {
         p = alignUp(p, chunkIndex.size);
@@ -305,6 +537,13 @@ export class ImageWriter {
     if (options.uuid.byteLength !== 16) throw new ErofsOciError('usage', 'uuid must be 16 bytes');
     let featureIncompat = 0;
     if (plan.inodes.some((inode) => inode.chunk)) featureIncompat |= FEATURE_INCOMPAT_CHUNKED_FILE;
+    const compression = this.#compression;
+    if (compression) {
+      // As mkfs.erofs: 0PADDING always, the configurations always (their bit is also BIG_PCLUSTER's).
+      featureIncompat |= FEATURE_INCOMPAT_ZERO_PADDING | FEATURE_INCOMPAT_COMPR_CFGS;
+      if (compression.pclusterSize > bs) featureIncompat |= FEATURE_INCOMPAT_BIG_PCLUSTER;
+      compressionConfigs(compression, bs).copy(header, DEVICE_TABLE_OFFSET);
+    }
     if (this.#external) {
       featureIncompat |= FEATURE_INCOMPAT_DEVICE_TABLE;
       const size = options.externalDeviceSize ?? 0;
@@ -339,6 +578,7 @@ export class ImageWriter {
         uuid: options.uuid,
         volumeName: label,
         featureIncompat,
+        availableComprAlgs: compression ? 1 << compression.alg : 0,
         extraDevices: this.#external ? 1 : 0,
         devtSlotoff: this.#external ? DEVICE_TABLE_OFFSET / deviceSlot.size : 0,
       },
@@ -354,6 +594,70 @@ export class ImageWriter {
     header.writeUInt32LE(checksum, EROFS_SUPER_OFFSET + superBlock.offsetOf('checksum'));
     return header;
   }
+}
+
+type PlacedExtent = { length: number; raw: boolean; pblk: number; blocks: number };
+
+const EMPTY_BLOCKS: FileContent = { kind: 'blocks', size: 0, startBlock: 0, tail: null };
+
+/** A file's whole body in `SEGMENT_SIZE` pieces (each its own buffer). */
+async function readSegments(
+  body: AsyncIterable<Uint8Array>,
+  size: number,
+  signal: AbortSignal | undefined,
+): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  for await (const segment of segmentsOf(body, size, signal)) out.push(segment);
+  return out;
+}
+
+/** Regroups a file's body into `SEGMENT_SIZE` pieces (the last one shorter), checking its length. */
+async function* segmentsOf(
+  body: AsyncIterable<Uint8Array>,
+  size: number,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<Uint8Array> {
+  let segment = new Uint8Array(Math.min(SEGMENT_SIZE, size));
+  let filled = 0;
+  let total = 0;
+  for await (const chunk of body) {
+    throwIfAborted(signal);
+    if (total + chunk.byteLength > size)
+      throw new ErofsOciError('internal', 'file body longer than its size');
+    total += chunk.byteLength;
+    let at = 0;
+    while (at < chunk.byteLength) {
+      const n = Math.min(chunk.byteLength - at, segment.byteLength - filled);
+      segment.set(chunk.subarray(at, at + n), filled);
+      filled += n;
+      at += n;
+      if (filled === segment.byteLength && filled > 0) {
+        yield segment;
+        segment = new Uint8Array(Math.min(SEGMENT_SIZE, size - total + (chunk.byteLength - at)));
+        filled = 0;
+      }
+    }
+  }
+  if (total !== size) throw new ErofsOciError('internal', `file body ended after ${total} of ${size} bytes`);
+}
+
+/** The superblock's compression configurations (COMPR_CFGS), written right after it. */
+function compressionConfigs(c: CompressionOptions, blockSize: number): Buffer {
+  let cfg: Buffer;
+  if (c.alg === CompressionAlg.lz4) {
+    cfg = Buffer.alloc(lz4Cfgs.size);
+    lz4Cfgs.encode({ maxDistance: 0xffff, maxPclusterblks: c.pclusterSize / blockSize }, cfg, 0);
+  } else if (c.alg === CompressionAlg.deflate) {
+    cfg = Buffer.alloc(deflateCfgs.size);
+    deflateCfgs.encode({ windowbits: DEFLATE_WINDOW_BITS }, cfg, 0);
+  } else {
+    cfg = Buffer.alloc(zstdCfgs.size);
+    zstdCfgs.encode({ format: 0, windowlog: zstdWindowLog(c.pclusterSize) - 10 }, cfg, 0);
+  }
+  const out = Buffer.alloc(2 + cfg.byteLength);
+  out.writeUInt16LE(cfg.byteLength, 0);
+  cfg.copy(out, 2);
+  return out;
 }
 
 /** The device table follows the 128-byte superblock, in 128-byte slots. */
@@ -397,6 +701,8 @@ interface InodePlan {
   /** Block where the data (not inline) starts; 0xffffffff when there is none. */
   startBlock: number;
   chunk: { format: number; count: number; chunkBlocks: number } | null;
+  /** Compressed files: map header and compact indexes, stored at `alignUp(isize + xattrs, 8)`. */
+  zindex: Uint8Array | null;
   /** Directories: sorted entries split into blocks. */
   dirBlocks: DirEntryPlan[][] | null;
 }
@@ -455,6 +761,7 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
       inlineLength: 0,
       startBlock: U32_MAX,
       chunk: null,
+      zindex: null,
       dirBlocks: null,
     };
     inodes.push(plan);
@@ -530,6 +837,10 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
             chunkBlocks: 2 ** chunkBits,
           };
         }
+      } else if (content.kind === 'compressed') {
+        inode.layout = DataLayout.compressedCompact;
+        inode.startBlock = content.blocks; // i_u.compressed_blocks
+        inode.zindex = compressedIndex(content, bs, alignUp(inode.isize + xattrSize, 8));
       } else if (content.size === 0) {
         inode.layout = DataLayout.flatPlain;
       } else {
@@ -574,6 +885,7 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
     position = alignUp(position, INODE_SLOT_SIZE);
     let recordSize = inode.isize + (inode.xattrBody?.byteLength ?? 0);
     if (inode.chunk) recordSize = alignUp(recordSize, chunkIndex.size) + inode.chunk.count * chunkIndex.size;
+    if (inode.zindex) recordSize = alignUp(recordSize, 8) + inode.zindex.byteLength;
     recordSize += inode.inlineLength;
     const mustFit = inode.inlineLength > 0 || inode.chunk !== null;
     const spaceInBlock = bs - (position % bs);
@@ -608,6 +920,39 @@ function planMetadata(root: Directory, options: PlanOptions): MetadataPlan {
     metaBlocks,
     totalBlocks: lateStart + nextLateBlock,
   };
+}
+
+/**
+ * Map header and compact indexes (4B/2B) of a compressed file, as mkfs.erofs writes them: lcluster = block,
+ * big pclusters when the superblock has them. `headerOffset`: the header's offset from the inode (only its
+ * position modulo 32 matters, and inodes are 32-byte aligned).
+ */
+function compressedIndex(
+  content: Extract<FileContent, { kind: 'compressed' }>,
+  bs: number,
+  headerOffset: number,
+): Uint8Array {
+  const blockBits = Math.log2(bs);
+  const big = content.bigPcluster;
+  const indexes = encodeCompactIndexes(lclusterEntries(content.extents, blockBits, big), {
+    headerStart: headerOffset,
+    lclusterBits: blockBits,
+    compacted2b: true,
+    bigPcluster: big,
+    firstBlock: content.startBlock,
+  });
+  const out = new Uint8Array(zMapHeader.size + indexes.byteLength);
+  zMapHeader.encode(
+    {
+      advise: Z_ADVISE_COMPACTED_2B | (big ? Z_ADVISE_BIG_PCLUSTER_1 | Z_ADVISE_BIG_PCLUSTER_2 : 0),
+      algorithmtype: content.alg,
+      clusterbits: 0,
+    },
+    out,
+    0,
+  );
+  out.set(indexes, zMapHeader.size);
+  return out;
 }
 
 function validateName(name: ByteString, bytes: Buffer): void {

@@ -49,7 +49,21 @@ export interface Attributes {
  */
 export type FileContent =
   | { kind: 'blocks'; size: number; startBlock: number; tail: { spillOffset: number; length: number } | null }
-  | { kind: 'external'; size: number; offset: number };
+  | { kind: 'external'; size: number; offset: number }
+  /**
+   * Compressed in the image: pclusters from `startBlock` (`blocks` of them in all); each extent one
+   * pcluster, consecutive from offset 0, `pblk` absolute.
+   */
+  | {
+      kind: 'compressed';
+      size: number;
+      alg: number;
+      startBlock: number;
+      blocks: number;
+      /** The image has big pclusters (several blocks), which changes the index encoding. */
+      bigPcluster: boolean;
+      extents: readonly { length: number; raw: boolean; pblk: number; blocks: number }[];
+    };
 
 export interface RegularFile extends Attributes {
   kind: 'file';

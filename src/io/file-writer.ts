@@ -83,6 +83,18 @@ export class FileWriter {
     this.writeZeros(position - this.position);
   }
 
+  /**
+   * Moves the write position back to `position`: what was written after it will be written over. Only
+   * after `settle()` (a background write of the old bytes must not race the new ones).
+   */
+  rewind(position: number): void {
+    if (position > this.position) throw new RangeError(`cannot rewind forwards to ${position}`);
+    if (this.#inFlight > 0) throw new ErofsOciError('internal', 'FileWriter.rewind() needs settle() first');
+    this.flush();
+    if (this.#inFlight > 0) throw new ErofsOciError('internal', 'FileWriter.rewind() needs settle() first');
+    this.#flushedTo = position;
+  }
+
   /** Starts writing what is buffered (in the background when a spare buffer is free). */
   flush(): void {
     this.#throwIfFailed();
