@@ -46,6 +46,10 @@ const commands: Record<string, { summary: string; load: () => Promise<Handler>; 
     summary: 'restart the dead servers of a lazy mount without unmounting',
     load: async () => (await import('./mount.ts')).reattachCommand,
   },
+  snapshotter: {
+    summary: 'a containerd snapshotter running containers from lazy EROFS mounts (root)',
+    load: async () => (await import('./snapshotter.ts')).snapshotterCommand,
+  },
   inspect: {
     summary: 'show an EROFS image: superblock, listings, file metadata',
     load: async () => (await import('./inspect.ts')).inspectCommand as Handler,
