@@ -63,7 +63,7 @@ Turns OCI container images into EROFS filesystems.
 Commands:
 ${Object.entries(commands)
   .filter(([, c]) => !c.internal)
-  .map(([name, c]) => `  ${name.padEnd(10)}${c.summary}`)
+  .map(([name, c]) => `  ${name.padEnd(13)}${c.summary}`)
   .join('\n')}
 
 Run \`erofs-oci COMMAND --help\` for a command's options.
