@@ -18,6 +18,9 @@ import {
   registryOptions,
 } from './registry-options.ts';
 
+/** EROFS layers under the OCI layer prefix, which containerd before 2.1 hands to snapshotters as layers. */
+const MEDIA_TYPE_OCI_LAYER_EROFS = 'application/vnd.oci.image.layer.v1.erofs';
+
 export const convertHelp = `Usage: erofs-oci convert [options] SOURCE DEST
 
 Publishes SOURCE (any image source build takes) with EROFS-native layers, in the layout of the
@@ -35,7 +38,9 @@ Not yet: layers whose hardlinks point into lower layers are refused (exit 6); oc
 
 Options:
   --media-type T      application/vnd.erofs.layer.v1 (default, containerd 2.3+) or application/vnd.erofs
-                      (the draft spec; containerd 2.1/2.2)
+                      (the draft spec; containerd 2.1/2.2), or application/vnd.oci.image.layer.v1.erofs
+                      for containerd 1.6/1.7 with erofs-oci snapshotter (older containerd treats only
+                      application/vnd.oci.image.layer.* types as layers)
   --compress zstd[:LEVEL]  +zstd layers: one zstd frame per chunk, the index in a trailing skippable frame
   --chunk-size BYTES  chunk of the chunk index (default 1 MiB, rounded up to the block size)
   --timestamp T       build time of every layer (default: the source config's created time)
@@ -83,10 +88,10 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
   }
   const [sourceArg, destArg] = positionals as [string, string];
   const mediaType = values['media-type'] ?? MEDIA_TYPE_EROFS_LAYER_V1;
-  if (mediaType !== MEDIA_TYPE_EROFS_LAYER_V1 && mediaType !== MEDIA_TYPE_EROFS) {
+  if (![MEDIA_TYPE_EROFS_LAYER_V1, MEDIA_TYPE_EROFS, MEDIA_TYPE_OCI_LAYER_EROFS].includes(mediaType)) {
     throw new ErofsOciError(
       'usage',
-      `--media-type must be ${MEDIA_TYPE_EROFS_LAYER_V1} or ${MEDIA_TYPE_EROFS}`,
+      `--media-type must be ${MEDIA_TYPE_EROFS_LAYER_V1}, ${MEDIA_TYPE_EROFS} or ${MEDIA_TYPE_OCI_LAYER_EROFS}`,
     );
   }
   const zstdLevel = values.compress === undefined ? undefined : parseCompress(values.compress);

@@ -46,6 +46,10 @@ const commands: Record<string, { summary: string; load: () => Promise<Handler>; 
     summary: 'restart the dead servers of a lazy mount without unmounting',
     load: async () => (await import('./mount.ts')).reattachCommand,
   },
+  snapshotter: {
+    summary: 'a containerd snapshotter running containers from lazy EROFS mounts (root)',
+    load: async () => (await import('./snapshotter.ts')).snapshotterCommand,
+  },
   inspect: {
     summary: 'show an EROFS image: superblock, listings, file metadata',
     load: async () => (await import('./inspect.ts')).inspectCommand as Handler,
@@ -59,7 +63,7 @@ Turns OCI container images into EROFS filesystems.
 Commands:
 ${Object.entries(commands)
   .filter(([, c]) => !c.internal)
-  .map(([name, c]) => `  ${name.padEnd(10)}${c.summary}`)
+  .map(([name, c]) => `  ${name.padEnd(13)}${c.summary}`)
   .join('\n')}
 
 Run \`erofs-oci COMMAND --help\` for a command's options.

@@ -58,7 +58,8 @@ const tarLayers = new Map<string, Compression>([
 export function tryLayerFormat(mediaType: string): LayerFormat | undefined {
   const compression = tarLayers.get(mediaType);
   if (compression !== undefined) return { kind: 'tar', compression };
-  if (mediaType === MediaType.erofsLayerZstd) return { kind: 'erofs', compression: 'zstd' };
+  if (mediaType === MediaType.erofsLayerZstd || mediaType.endsWith('.erofs+zstd'))
+    return { kind: 'erofs', compression: 'zstd' };
   if (mediaType === MediaType.erofsLayer || mediaType === MediaType.erofs || mediaType.endsWith('.erofs')) {
     return { kind: 'erofs', compression: 'none' };
   }

@@ -1,0 +1,366 @@
+/**
+ * `erofs-oci snapshotter` with the real containerd 1.6 and runc (root): containerd started with its own
+ * config (test-support/containerd.ts) uses our snapshotter as a proxy plugin. A gzip image is pulled with
+ * ctr and run; an EROFS-native image (made by our `convert`) is pulled through CRI's ImageService and its
+ * layers are mounted lazily (the download is skipped), then run with ctr; the snapshotter is killed and
+ * restarted while a read waits; removing the images and Cleanup leave no mount or process behind.
+ */
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import {
+  type ContainerdHandle,
+  containerdUnavailableReason,
+  copyRuntimeTree,
+  criImageClient,
+  startContainerd,
+  tarOf,
+} from '../../test-support/containerd.ts';
+import { cliEntry, isRoot, nodeBinary, run, runCli, type TmpDir, tmpdir } from '../../test-support/kernel.ts';
+import {
+  type RegistryHandle,
+  registryUnavailableReason,
+  skopeo,
+  startRegistry,
+} from '../../test-support/registry.ts';
+import { blobOf, imageOfBlobs, writeLayout } from '../../test-support/registry-fixtures.ts';
+
+const skip = !isRoot()
+  ? 'needs root'
+  : (registryUnavailableReason() ??
+    containerdUnavailableReason() ??
+    (existsSync('/dev/fuse') ? undefined : 'needs /dev/fuse'));
+
+const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+const ERofs_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.erofs';
+
+interface Snapshotter {
+  child: ChildProcess;
+  log: () => string;
+}
+
+async function startSnapshotter(dir: string): Promise<Snapshotter> {
+  const socket = join(dir, 'snapshotter.sock');
+  const logFile = join(dir, 'snapshotter.log');
+  const child = spawn(
+    nodeBinary,
+    [
+      cliEntry,
+      'snapshotter',
+      '--address',
+      `unix:${socket}`,
+      '--root',
+      join(dir, 'sn-root'),
+      '--state-dir',
+      join(dir, 'sn-state'),
+      '--insecure',
+      '--io-timeout',
+      '120',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let log = '';
+  const keep = (chunk: Buffer) => {
+    log += chunk.toString();
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  const deadline = Date.now() + 30_000;
+  while (!/serving unix:/.test(log)) {
+    if (child.exitCode !== null) throw new Error(`the snapshotter exited: ${log}`);
+    if (Date.now() > deadline) throw new Error(`the snapshotter did not start: ${log}`);
+    await sleep(50);
+  }
+  void logFile;
+  return { child, log: () => log };
+}
+
+async function stopSnapshotter(snapshotter: Snapshotter, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (snapshotter.child.exitCode !== null || snapshotter.child.signalCode !== null) return;
+  const gone = new Promise<void>((resolve) => snapshotter.child.once('exit', () => resolve()));
+  snapshotter.child.kill(signal);
+  await gone;
+}
+
+/** Mount points under `dir` from /proc/self/mountinfo, with their filesystem types. */
+async function mountsUnder(dir: string): Promise<{ path: string; type: string; source: string }[]> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const found = [];
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    const path = fields[4];
+    const dash = fields.indexOf('-');
+    if (path?.startsWith(dir))
+      found.push({ path, type: fields[dash + 1] ?? '', source: fields[dash + 2] ?? '' });
+  }
+  return found;
+}
+
+/** Blob bytes the registry sent, per digest, from its access log. */
+function blobBytesSent(registry: RegistryHandle): Map<string, number> {
+  const sent = new Map<string, number>();
+  for (const line of registry.logs().split('\n')) {
+    const uri = /http\.request\.uri="[^"]*\/blobs\/(sha256:[0-9a-f]{64})"/.exec(line);
+    const written = /http\.response\.written=(\d+)/.exec(line);
+    if (uri && written) sent.set(uri[1] as string, (sent.get(uri[1] as string) ?? 0) + Number(written[1]));
+  }
+  return sent;
+}
+
+describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, () => {
+  let dir: TmpDir;
+  let registry: RegistryHandle;
+  let containerd: ContainerdHandle;
+  let snapshotter: Snapshotter;
+  let big: Buffer;
+  let erofsLayers: { digest: string; size: number }[] = [];
+  const gzipRef = () => `${registry.host}/test/run:gzip`;
+  const erofsRef = () => `${registry.host}/test/run:erofs`;
+  const snapshotterRoot = () => join(dir.path, 'sn-root');
+  const expectedOutput = 'one\ntwo\n';
+
+  before(async () => {
+    dir = await tmpdir('erofs-oci-snapshotter-');
+    registry = await startRegistry({ storageDir: join(dir.path, 'storage') });
+    // Three layers: the host's sh and cat, a file, and a file beside a big incompressible one.
+    const trees = [join(dir.path, 't0'), join(dir.path, 't1'), join(dir.path, 't2')];
+    await copyRuntimeTree(trees[0] as string);
+    await mkdir(join(trees[1] as string, 'etc'), { recursive: true });
+    await writeFile(join(trees[1] as string, 'etc', 'one.txt'), 'one\n');
+    await mkdir(join(trees[2] as string, 'data'), { recursive: true });
+    await writeFile(join(trees[2] as string, 'data', 'two.txt'), 'two\n');
+    big = randomBytes(24 * 1024 * 1024);
+    await writeFile(join(trees[2] as string, 'data', 'big.bin'), big);
+    const blobs = [];
+    const diffIds = [];
+    for (const [i, tree] of trees.entries()) {
+      const tar = await tarOf(tree, join(dir.path, `layer-${i}.tar`));
+      blobs.push(blobOf('application/vnd.oci.image.layer.v1.tar+gzip', gzipSync(tar)));
+      diffIds.push(`sha256:${sha256(tar)}`);
+    }
+    const layout = join(dir.path, 'layout');
+    await writeLayout(layout, 'gzip', [imageOfBlobs(blobs, diffIds)], false);
+    await skopeo(['copy', '--dest-tls-verify=false', `oci:${layout}:gzip`, `docker://${gzipRef()}`]);
+    const converted = await runCli([
+      'convert',
+      '--quiet',
+      '--json',
+      '--insecure',
+      '--media-type',
+      ERofs_MEDIA_TYPE,
+      gzipRef(),
+      erofsRef(),
+    ]);
+    assert.equal(converted.status, 0, converted.stderr);
+    const summary = JSON.parse(converted.stdout) as { layers: { digest: string; size: number }[] };
+    erofsLayers = summary.layers;
+    snapshotter = await startSnapshotter(dir.path);
+    containerd = await startContainerd({
+      dir: join(dir.path, 'containerd'),
+      snapshotterSocket: join(dir.path, 'snapshotter.sock'),
+      plainHttpRegistries: [registry.host],
+    });
+  });
+
+  after(async () => {
+    for (const ns of ['default', 'k8s.io']) {
+      for (const id of ['gz1', 'lazy1', 'lazy2']) {
+        await containerd?.ctr(['task', 'kill', '-s', 'SIGKILL', id], { namespace: ns }).catch(() => '');
+        await containerd?.ctr(['container', 'rm', id], { namespace: ns }).catch(() => '');
+      }
+    }
+    await containerd?.stop();
+    if (snapshotter) await stopSnapshotter(snapshotter);
+    // Whatever is still mounted under the test directory (a failed test), deepest first.
+    if (dir) {
+      const left = (await mountsUnder(dir.path)).map((m) => m.path).sort((a, b) => b.length - a.length);
+      for (const path of left) await run('umount', ['-l', path]);
+    }
+    await registry?.stop();
+    await dir?.cleanup();
+  });
+
+  it('ctr snapshots prepare, view, mounts, commit, usage and rm behave as containerd snapshotters do', async () => {
+    const ctr = (args: string[]) => containerd.ctr(['snapshots', '--snapshotter', 'erofs-oci', ...args]);
+    const prepared = JSON.parse(await ctr(['prepare', '--mounts', 'base-active', ''])) as {
+      Type: string;
+      Source: string;
+      Options: string[];
+    }[];
+    assert.equal(prepared.length, 1);
+    assert.equal(prepared[0]?.Type, 'bind');
+    assert.match(prepared[0]?.Source ?? '', /\/snapshots\/\d+\/fs$/);
+    assert.deepEqual(prepared[0]?.Options, ['rw', 'rbind']);
+    const target = join(dir.path, 'mnt-base');
+    await mkdir(target);
+    const mount = (await ctr(['mounts', target, 'base-active'])).trim();
+    assert.match(mount, /^mount -t bind /);
+    await run('sh', ['-c', mount]);
+    await writeFile(join(target, 'hello.txt'), 'hello snapshot\n');
+    await run('umount', [target]);
+    await ctr(['commit', 'base', 'base-active']);
+    await assert.rejects(ctr(['commit', 'base', 'base-active']), /already exists|not found/);
+    const usage = await ctr(['usage', 'base']);
+    // The fs directory and hello.txt: two inodes, 8 KiB allocated (one 4 KiB block each).
+    assert.match(usage, /^base\s+\d[\d.]* [KM]iB\s+2\s*$/m);
+    await ctr(['prepare', 'child-active', 'base']);
+    const childMount = (await ctr(['mounts', target, 'child-active'])).trim();
+    assert.match(childMount, /-t overlay .*lowerdir=/);
+    await run('sh', ['-c', childMount]);
+    assert.equal(await readFile(join(target, 'hello.txt'), 'utf8'), 'hello snapshot\n');
+    await writeFile(join(target, 'upper.txt'), 'upper\n');
+    await run('umount', [target]);
+    await ctr(['view', 'base-view', 'base']);
+    const viewMount = (await ctr(['mounts', target, 'base-view'])).trim();
+    assert.match(viewMount, /-t bind .*ro/);
+    const listed = await ctr(['ls']);
+    for (const name of ['base', 'child-active', 'base-view'])
+      assert.match(listed, new RegExp(`^${name}\\s`, 'm'));
+    assert.match(listed, /^base\s+Committed/m);
+    assert.match(listed, /^child-active\s+base\s+Active/m);
+    // A parent with children cannot go.
+    await assert.rejects(ctr(['rm', 'base']), /precondition|child/i);
+    await ctr(['rm', 'child-active']);
+    await ctr(['rm', 'base-view']);
+    await ctr(['rm', 'base']);
+    assert.doesNotMatch(await ctr(['ls']), /base/);
+  });
+
+  it('a gzip image pulled with ctr image pull runs from overlay snapshots', async () => {
+    await containerd.ctr(['image', 'pull', '--plain-http', '--snapshotter', 'erofs-oci', gzipRef()]);
+    const out = await containerd.ctr([
+      'run',
+      '--rm',
+      '--snapshotter',
+      'erofs-oci',
+      gzipRef(),
+      'gz1',
+      '/bin/sh',
+      '-c',
+      'cat /etc/one.txt /data/two.txt',
+    ]);
+    assert.equal(out, expectedOutput);
+    // containerd unpacked each layer into an ordinary snapshot: no lazy layer was mounted.
+    assert.deepEqual(
+      (await mountsUnder(join(snapshotterRoot(), 'layers'))).map((m) => m.path),
+      [],
+    );
+  });
+
+  it('a CRI pull of an EROFS-native image mounts its layers lazily and downloads none of them', async () => {
+    const cri = criImageClient(containerd.address);
+    try {
+      const before = blobBytesSent(registry);
+      const imageRef = await cri.pullImage(erofsRef());
+      assert.match(imageRef, /^sha256:/);
+      const sent = blobBytesSent(registry);
+      const layerBytes = erofsLayers.reduce((sum, l) => sum + l.size, 0);
+      const fetched = erofsLayers.reduce(
+        (sum, l) => sum + (sent.get(l.digest) ?? 0) - (before.get(l.digest) ?? 0),
+        0,
+      );
+      assert.ok(fetched < layerBytes / 10, `fetched ${fetched} of ${layerBytes} layer bytes`);
+      const lazy = await mountsUnder(join(snapshotterRoot(), 'layers'));
+      assert.equal(lazy.filter((m) => m.type === 'erofs').length, erofsLayers.length, JSON.stringify(lazy));
+    } finally {
+      cri.close();
+    }
+    const out = await containerd.ctr(
+      [
+        'run',
+        '--rm',
+        '--snapshotter',
+        'erofs-oci',
+        erofsRef(),
+        'lazy1',
+        '/bin/sh',
+        '-c',
+        'cat /etc/one.txt /data/two.txt',
+      ],
+      { namespace: 'k8s.io' },
+    );
+    assert.equal(out, expectedOutput);
+    const sent = blobBytesSent(registry);
+    const layerBytes = erofsLayers.reduce((sum, l) => sum + l.size, 0);
+    const fetched = erofsLayers.reduce((sum, l) => sum + (sent.get(l.digest) ?? 0), 0);
+    assert.ok(fetched < layerBytes / 2, `after the run: fetched ${fetched} of ${layerBytes} layer bytes`);
+  });
+
+  it('a killed snapshotter and its serving processes come back: a waiting read completes', async () => {
+    const records = await readdir(join(dir.path, 'sn-state'));
+    const serverPids = new Set<number>();
+    for (const name of records.filter((n) => n.startsWith('mount-'))) {
+      const record = JSON.parse(await readFile(join(dir.path, 'sn-state', name, 'record.json'), 'utf8')) as {
+        layers: { serverPid: number }[];
+      };
+      for (const layer of record.layers) serverPids.add(layer.serverPid);
+    }
+    assert.equal(serverPids.size, erofsLayers.length);
+    await stopSnapshotter(snapshotter, 'SIGKILL');
+    for (const pid of serverPids) process.kill(pid, 'SIGKILL');
+    // The big file has not been read yet: reading it needs a serving process, which is gone.
+    const lazy = (await mountsUnder(join(snapshotterRoot(), 'layers'))).filter((m) => m.type === 'erofs');
+    const bigPath = lazy.map((m) => join(m.path, 'data', 'big.bin')).find((p) => existsSync(p));
+    assert.ok(bigPath, 'the layer with data/big.bin is mounted');
+    const reading = readFile(bigPath);
+    await sleep(500);
+    snapshotter = await startSnapshotter(dir.path);
+    const bytes = await reading;
+    assert.equal(sha256(bytes), sha256(big));
+    const out = await containerd.ctr(
+      [
+        'run',
+        '--rm',
+        '--snapshotter',
+        'erofs-oci',
+        erofsRef(),
+        'lazy2',
+        '/bin/sh',
+        '-c',
+        'cat /etc/one.txt /data/two.txt',
+      ],
+      { namespace: 'k8s.io' },
+    );
+    assert.equal(out, expectedOutput);
+    assert.match(snapshotter.log(), /reattached|new serving process/);
+  });
+
+  it('removing the images and Cleanup leave no lazy mount, process or directory behind', async () => {
+    const cri = criImageClient(containerd.address);
+    try {
+      await cri.removeImage(erofsRef());
+    } finally {
+      cri.close();
+    }
+    await containerd.ctr(['image', 'rm', '--sync', gzipRef()]);
+    await containerd.ctr(['image', 'rm', '--sync', erofsRef()], { namespace: 'k8s.io' }).catch(() => '');
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const listed = await containerd.ctr(['snapshots', '--snapshotter', 'erofs-oci', 'ls'], {
+        namespace: 'k8s.io',
+      });
+      const lazy = await mountsUnder(join(snapshotterRoot(), 'layers'));
+      if (lazy.length === 0 && listed.trim().split('\n').length <= 1) break;
+      if (Date.now() > deadline) assert.fail(`still there: ${JSON.stringify(lazy)}\n${listed}`);
+      await sleep(500);
+    }
+    assert.deepEqual(await mountsUnder(join(dir.path, 'sn-state')), []);
+    assert.deepEqual(
+      (await readdir(join(dir.path, 'sn-state'))).filter((n) => n.startsWith('mount-')),
+      [],
+    );
+    const ps = await run('ps', ['-eo', 'args']);
+    assert.doesNotMatch(
+      ps.stdout,
+      new RegExp(`serve-layers ${join(dir.path, 'sn-state').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`),
+    );
+    const snapshots = await readdir(join(snapshotterRoot(), 'snapshots'));
+    assert.deepEqual(snapshots, [], 'every snapshot directory is gone');
+  });
+});
