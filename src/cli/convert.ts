@@ -30,8 +30,9 @@ Destinations:
                       the manifest goes last, so the tag never names a missing blob
   oci:DIR[:TAG]       an OCI image layout directory (created when missing; index.json written last)
 
-Not yet: layers whose hardlinks point into lower layers are refused (exit 6); oci-archive: destinations,
---all-platforms and --with-source.
+Hardlinks into lower layers: the target is copied into the layer (its links there one inode), so each
+layer stands alone; in the stacked image the link and the lower file are two inodes with the same bytes.
+Not yet: oci-archive: destinations, --all-platforms and --with-source.
 
 Options:
   --media-type T      application/vnd.erofs.layer.v1 (default, containerd 2.3+) or application/vnd.erofs

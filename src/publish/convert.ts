@@ -92,6 +92,7 @@ export async function convertImage(
         timestamp,
         uuid: options.uuid,
         signal,
+        lowers: layers.slice(0, i),
         onProgress: (bytes) => options.onLayerProgress?.(i, bytes),
       });
       converted[i] = result;
