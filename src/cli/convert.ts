@@ -8,6 +8,7 @@ import type { ImageSink } from '../publish/convert.ts';
 import { RegistrySink } from '../publish/registry-sink.ts';
 import { type ConvertSummary, convertImage, DEFAULT_CHUNK_SIZE } from '../publish/convert.ts';
 import { LayoutSink } from '../publish/layout-sink.ts';
+import { ArchiveSink } from '../publish/archive-sink.ts';
 import { parseBlockSize, parseTimestamp, parseUuid } from './build.ts';
 import type { CommandIo } from './io.ts';
 import { Progress } from './progress.ts';
@@ -29,10 +30,12 @@ Destinations:
                       repository on the same registry are mounted, uploads are chunked and resumed;
                       the manifest goes last, so the tag never names a missing blob
   oci:DIR[:TAG]       an OCI image layout directory (created when missing; index.json written last)
+  oci-archive:FILE[:TAG]  a tar of an OCI layout holding this image, written to a temporary name
+                      beside FILE and renamed over it when complete
 
 Hardlinks into lower layers: the target is copied into the layer (its links there one inode), so each
 layer stands alone; in the stacked image the link and the lower file are two inodes with the same bytes.
-Not yet: oci-archive: destinations, --all-platforms and --with-source.
+Not yet: --all-platforms and --with-source.
 
 Options:
   --media-type T      application/vnd.erofs.layer.v1 (default, containerd 2.3+) or application/vnd.erofs
@@ -170,10 +173,11 @@ async function openDestination(
     const sink = new LayoutSink(reference.path, reference.tag);
     return Object.assign(sink, { close: async () => {} });
   }
+  if (reference.kind === 'oci-archive') return new ArchiveSink(reference.path, reference.tag);
   if (reference.kind !== 'registry' || reference.digest !== undefined) {
     throw new ErofsOciError(
       'usage',
-      `destination ${dest} must be [docker://]HOST/REPO[:TAG] or oci:DIR[:TAG]`,
+      `destination ${dest} must be [docker://]HOST/REPO[:TAG], oci:DIR[:TAG] or oci-archive:FILE[:TAG]`,
     );
   }
   let mountFrom: string | undefined;
