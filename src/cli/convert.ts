@@ -2,7 +2,8 @@
 import { parseArgs } from 'node:util';
 import { MEDIA_TYPE_EROFS, MEDIA_TYPE_EROFS_LAYER_V1 } from '../chunk-index/index.ts';
 import { ErofsOciError } from '../errors.ts';
-import { parseSourceReference } from '../oci/index.ts';
+import { isRootReader, parseSourceReference } from '../oci/index.ts';
+import { convertToIndex } from '../publish/convert-index.ts';
 import { PushClient } from '../oci/push.ts';
 import type { ImageSink } from '../publish/convert.ts';
 import { RegistrySink } from '../publish/registry-sink.ts';
@@ -35,7 +36,10 @@ Destinations:
 
 Hardlinks into lower layers: the target is copied into the layer (its links there one inode), so each
 layer stands alone; in the stacked image the link and the lower file are two inodes with the same bytes.
-Not yet: --all-platforms and --with-source.
+--all-platforms converts every image of the source's index (entries for platform unknown/unknown, such as
+attestations, left out) and writes an index; --with-source writes an index listing the source's manifests
+(copied to DEST as they are) first and the EROFS ones after them, so one tag serves clients of either kind.
+EROFS entries carry erofs in platform os.features.
 
 Options:
   --media-type T      application/vnd.erofs.layer.v1 (default, containerd 2.3+) or application/vnd.erofs
@@ -46,6 +50,8 @@ Options:
   --uuid U|clear      volume UUID of every layer (default: derived from the source layer's digest)
   --block-size N      4096 (default), 2048, 1024 or 512
   --jobs N            layers converted at once (default 2)
+  --all-platforms     convert every platform of an index (not with --platform); DEST names an index
+  --with-source       DEST names an index of the source's manifests and the EROFS ones
   --quiet             no progress and no summary on stderr
   --json              print the manifest digest and the layers as JSON on stdout
   --debug             show the causes of errors
@@ -66,6 +72,8 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
       uuid: { type: 'string' },
       'block-size': { type: 'string' },
       jobs: { type: 'string' },
+      'all-platforms': { type: 'boolean' },
+      'with-source': { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
       json: { type: 'boolean' },
       debug: { type: 'boolean' },
@@ -86,6 +94,11 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
     throw new ErofsOciError('usage', 'convert converts every layer; --layer and --blob do not apply');
   }
   const [sourceArg, destArg] = positionals as [string, string];
+  const allPlatforms = values['all-platforms'] ?? false;
+  const withSource = values['with-source'] ?? false;
+  if (allPlatforms && values.platform !== undefined) {
+    throw new ErofsOciError('usage', '--all-platforms and --platform exclude each other');
+  }
   const mediaType = values['media-type'] ?? MEDIA_TYPE_EROFS_LAYER_V1;
   if (mediaType !== MEDIA_TYPE_EROFS_LAYER_V1 && mediaType !== MEDIA_TYPE_EROFS) {
     throw new ErofsOciError(
@@ -104,15 +117,23 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
   const sink = await openDestination(destArg, sourceArg, values, password, io);
   const image = await openImageFromOptions(sourceArg, { ...values, password }, io);
   try {
-    const layers = await image.layers({ signal: io.signal });
+    const toIndex = allPlatforms || withSource;
+    if (toIndex && !isRootReader(image)) {
+      throw new ErofsOciError(
+        'usage',
+        `--all-platforms and --with-source need an image source, not ${sourceArg}`,
+      );
+    }
+    // Per-layer progress knows the layers up front only for one image.
+    const layers = toIndex ? [] : await image.layers({ signal: io.signal });
     const progress =
-      values.quiet || !io.stderrIsTty
+      values.quiet || !io.stderrIsTty || toIndex
         ? undefined
         : new Progress(
             io.stderr,
             layers.map((l) => ({ name: l.digest.slice(0, 19), total: l.size })),
           );
-    const summary = await convertImage(image, sink, {
+    const options = {
       chunkSize,
       zstdLevel,
       mediaType,
@@ -121,8 +142,12 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
       uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
       concurrency,
       signal: io.signal,
-      onLayerProgress: progress ? (i, bytes) => progress.update(i, bytes) : undefined,
-    });
+      onLayerProgress: progress ? (i: number, bytes: number) => progress.update(i, bytes) : undefined,
+    };
+    const summary =
+      toIndex && isRootReader(image)
+        ? await convertToIndex(image, sink, { ...options, allPlatforms, withSource })
+        : await convertImage(image, sink, options);
     progress?.done();
     report(summary, destArg, values, io);
   } finally {
@@ -144,6 +169,7 @@ function report(
         manifest: summary.manifest.digest,
         mediaType: summary.manifest.mediaType,
         layers: summary.layers,
+        ...(summary.images ? { images: summary.images } : {}),
         seconds: Number(summary.seconds.toFixed(3)),
       })}\n`,
     );

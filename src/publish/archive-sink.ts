@@ -45,6 +45,18 @@ export class ArchiveSink {
     return (await this.#open()).putFile(digest, size, path);
   }
 
+  async copyBlob(
+    descriptor: { digest: string; size: number },
+    open: (signal?: AbortSignal) => AsyncIterable<Uint8Array>,
+    signal?: AbortSignal,
+  ): Promise<Transfer> {
+    return (await this.#open()).copyBlob(descriptor, open, signal);
+  }
+
+  async putManifest(manifest: Blob): Promise<void> {
+    await (await this.#open()).putManifest(manifest);
+  }
+
   async putBlob(blob: Blob): Promise<Transfer> {
     return (await this.#open()).putBlob(blob);
   }
