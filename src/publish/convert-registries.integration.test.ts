@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { copyFile, cp, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { runCli, type TmpDir, tmpdir } from '../../test-support/kernel.ts';
@@ -162,6 +162,28 @@ describe('convert into registries in their setups', { skip: registryUnavailableR
     } finally {
       await proxy.stop();
     }
+  });
+
+  it('a source layer failing its digest is exit 5 and the registry has no tag', async () => {
+    const broken = join(dir.path, 'broken');
+    await cp(source, broken, { recursive: true });
+    const index = JSON.parse(await readFile(join(broken, 'index.json'), 'utf8'));
+    const manifest = JSON.parse(
+      await readFile(join(broken, 'blobs', 'sha256', index.manifests[0].digest.slice(7)), 'utf8'),
+    );
+    const blob = join(broken, 'blobs', 'sha256', manifest.layers[1].digest.slice(7));
+    const bytes = await readFile(blob);
+    bytes[bytes.length - 30] = (bytes[bytes.length - 30] ?? 0) ^ 1;
+    await writeFile(blob, bytes);
+    const result = await runCli([
+      'convert',
+      '--quiet',
+      '--insecure',
+      `oci:${broken}:v1`,
+      `${plain.host}/conv/broken:erofs`,
+    ]);
+    assert.equal(result.status, 5, result.stderr);
+    assert.equal(await tagStatus(plain, 'conv/broken', 'erofs'), 404);
   });
 
   it('a registry failing every upload is exit 7 after the retries, and no tag', async () => {
