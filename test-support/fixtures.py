@@ -534,6 +534,46 @@ def set_overlay(rnd: random.Random):
     ]]
 
 
+def set_lowerlinks(rnd: random.Random):
+    """Layers whose hardlinks point into the layers below them, as container builds make them: a plain
+    file (with xattrs and odd owner), a lower hardlink group, a target replaced in a middle layer, a
+    symlink, an empty file, a target the top layer removes, and a link inside one layer for contrast."""
+    layer0 = [
+        Entry('data', 'dir'),
+        Entry('data/orig', 'file', rnd.randbytes(10000), mode=0o640, uid=5, gid=6, xattrs={'user.x': b'lower'}),
+        Entry('data/chain-a', 'file', b'chain content\n', mode=0o600),
+        Entry('data/chain-b', 'hardlink', link='data/chain-a'),
+        Entry('data/replaced', 'file', b'version 0\n'),
+        Entry('data/sym', 'symlink', link='orig'),
+        Entry('data/empty', 'file', b''),
+        Entry('data/doomed', 'file', b'removed by the top layer\n'),
+    ]
+    layer1 = [
+        Entry('data/replaced', 'file', b'version 1 from the middle layer\n', mode=0o751),
+        Entry('other', 'dir'),
+        Entry('other/mid', 'file', rnd.randbytes(5000)),
+    ]
+    layer2 = [
+        Entry('data/link', 'hardlink', link='data/orig'),
+        Entry('data/link2', 'hardlink', link='data/orig'),
+        Entry('elsewhere', 'dir'),
+        Entry('elsewhere/c', 'hardlink', link='data/chain-b'),
+        Entry('elsewhere/a', 'hardlink', link='data/chain-a'),
+        Entry('data/r', 'hardlink', link='data/replaced'),
+        Entry('data/sym-link', 'hardlink', link='data/sym'),
+        Entry('data/empty-link', 'hardlink', link='data/empty'),
+        Entry('data/m', 'hardlink', link='other/mid'),
+        Entry('data/doomed-link', 'hardlink', link='data/doomed'),
+        Entry('data/own', 'file', b'own file of the top layer\n'),
+        Entry('data/own-link', 'hardlink', link='data/own'),
+    ]
+    layer3 = [
+        Entry('data', 'dir'),
+        Entry('data/.wh.doomed', 'file', b''),
+    ]
+    return [layer0, layer1, layer2, layer3]
+
+
 def set_demo(rnd: random.Random):
     """A small two-layer image for the README demo: a base layer and an update that deletes a file."""
     base = [
@@ -572,6 +612,7 @@ SETS = {
     'everything': set_everything,
     'whiteouts': set_whiteouts,
     'overlay': set_overlay,
+    'lowerlinks': set_lowerlinks,
 }
 
 

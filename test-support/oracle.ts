@@ -15,7 +15,8 @@ export type LayerSet =
   | 'bigdir'
   | 'everything'
   | 'whiteouts'
-  | 'overlay';
+  | 'overlay'
+  | 'lowerlinks';
 
 export type Compression = 'none' | 'gzip' | 'zstd' | 'mixed';
 

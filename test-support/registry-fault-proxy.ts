@@ -16,6 +16,8 @@ export type Fault =
   | { readonly kind: 'ignore-range' }
   /** Forward the response with the body byte at `offset` (of this response's body) inverted. */
   | { readonly kind: 'flip-byte'; readonly offset: number }
+  /** Forward `afterBytes` bytes of the request body, then break both connections (an upload cut mid-way). */
+  | { readonly kind: 'cut-request'; readonly afterBytes: number }
   /** Send headers and `afterBytes` bytes, then nothing (the connection stays open). */
   | { readonly kind: 'stall'; readonly afterBytes: number }
   /** Answer with a redirect to `location(path)`. */
@@ -78,7 +80,13 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
   const server = createServer((req, res) => {
     const path = req.url ?? '/';
     const rule = rules.find(
-      (r) => r.path.test(path) && (r.method === undefined || r.method === req.method) && (r.times ?? 1) > 0,
+      (r) =>
+        r.path.test(path) &&
+        (r.method === undefined || r.method === req.method) &&
+        (r.times ?? 1) > 0 &&
+        // a request cut needs a body longer than the cut
+        (r.fault.kind !== 'cut-request' ||
+          Number(req.headers['content-length'] ?? Number.POSITIVE_INFINITY) > r.fault.afterBytes),
     );
     if (rule && rule.times !== undefined) rule.times--;
     const fault = rule?.fault;
@@ -150,6 +158,24 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
       },
     );
     upstreamRequest.on('error', () => res.socket?.destroy());
+    if (fault?.kind === 'cut-request') {
+      let forwarded = 0;
+      req.on('data', (chunk: Buffer) => {
+        if (forwarded >= fault.afterBytes) return;
+        const keep = chunk.subarray(0, fault.afterBytes - forwarded);
+        forwarded += keep.byteLength;
+        upstreamRequest.write(keep);
+        if (forwarded >= fault.afterBytes) {
+          record.status = 0;
+          // Give the registry a moment to take the bytes, then break both sides.
+          setTimeout(() => {
+            upstreamRequest.destroy();
+            req.socket.destroy();
+          }, 50);
+        }
+      });
+      return;
+    }
     req.pipe(upstreamRequest);
   });
   const sockets = trackSockets(server);

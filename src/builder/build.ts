@@ -14,8 +14,8 @@ import {
   xattrBodySize,
 } from '../erofs/writer.ts';
 import { ErofsOciError, throwIfAborted } from '../errors.ts';
-import { type EntryNode, TreeBuilder, type WhiteoutMode } from '../fs-tree/apply.ts';
-import { type Attributes, EMPTY_CONTENT, type FileContent, type Leaf } from '../fs-tree/tree.ts';
+import { TreeBuilder, type WhiteoutMode } from '../fs-tree/apply.ts';
+import { EMPTY_CONTENT, type FileContent } from '../fs-tree/tree.ts';
 import {
   createZinfoBuilder,
   encodeSpanDigests,
@@ -28,8 +28,9 @@ import { decompress, detectCompression } from '../io/decompress.ts';
 import { fileError, temporaryPathFor, writeFileAtomically } from '../io/files.ts';
 import { readTar } from '../tar/reader.ts';
 import { readDirectory } from './dir-source.ts';
+import { copyLowerLinks, type LowerLayer } from './lower-links.ts';
 import { Prefetcher } from './prefetch.ts';
-import type { SourceEntry } from './source-entry.ts';
+import { entryNode, type SourceEntry } from './source-entry.ts';
 
 export type BuildSource =
   | { kind: 'tar'; path: string }
@@ -71,6 +72,12 @@ export interface BuildOptions {
   onWarning?: (message: string) => void;
   /** Progress of source `index`: bytes read from it so far (compressed bytes for compressed tars). */
   onProgress?: (index: number, bytes: number) => void;
+  /**
+   * One layer in overlay form: the layers below it (bottom first). Hardlinks of the layer to targets it
+   * does not have are resolved in them, the targets copied into the image (see lower-links.ts); without
+   * this such a layer is refused (unsupported).
+   */
+  lowerLayers?: LowerLayer[];
 }
 
 export interface BuildSummary extends ImageSummary {
@@ -136,7 +143,8 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
     },
   );
   try {
-    const tree = new TreeBuilder({ whiteouts });
+    const lowerLayers = options.lowerLayers;
+    const tree = new TreeBuilder({ whiteouts, deferLowerLinks: lowerLayers !== undefined });
     let tarSize = 0;
     for (const [sourceIndex, source] of options.sources.entries()) {
       tree.beginLayer();
@@ -150,6 +158,9 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
         throwIfAborted(options.signal);
         await addEntry(tree, writer, entry, name, index, options.signal);
       }
+    }
+    if (tree.lowerLinks.size > 0 && lowerLayers) {
+      await copyLowerLinks(tree, lowerLayers, writer, options.signal);
     }
     if (!tree.rootHasAttributes) {
       // Layers rarely carry an entry for the root itself; erofs-utils gives it the build time.
@@ -305,55 +316,17 @@ async function addEntry(
 ): Promise<void> {
   const origin = { source: sourceName, offset: entry.headerOffset };
   const classified = tree.classify(entry.path, origin);
-  const attributes: Attributes = {
-    mode: entry.mode & 0o7777,
-    uid: entry.uid,
-    gid: entry.gid,
-    mtime: entry.mtime,
-    xattrs: entry.xattrs,
-  };
-  let node: EntryNode;
-  switch (entry.type) {
-    case 'dir':
-      node = { kind: 'dir', attributes };
-      break;
-    case 'hardlink':
-      node = { kind: 'hardlink', target: entry.linkname };
-      break;
-    case 'file': {
-      // Only real entries keep data; a whiteout's body (normally empty) is skipped by the reader.
-      let content: FileContent = EMPTY_CONTENT;
-      if (classified.kind === 'entry' && index) {
-        if (entry.dataOffset === undefined)
-          throw new ErofsOciError('internal', 'index mode needs tar data offsets');
-        content = { kind: 'external', size: entry.size, offset: entry.dataOffset };
-      } else if (classified.kind === 'entry') {
-        content = await writer.writeFileData(entry.body(), entry.size, xattrBodySize(entry.xattrs), {
-          signal,
-        });
-      }
-      node = { kind: 'leaf', leaf: { kind: 'file', ...attributes, content } };
-      break;
-    }
-    case 'symlink':
-      node = { kind: 'leaf', leaf: { kind: 'symlink', ...attributes, target: entry.linkname } };
-      break;
-    case 'chardev':
-    case 'blockdev':
-      node = {
-        kind: 'leaf',
-        leaf: {
-          kind: entry.type,
-          ...attributes,
-          major: entry.devmajor,
-          minor: entry.devminor,
-        } satisfies Leaf,
-      };
-      break;
-    case 'fifo':
-    case 'socket':
-      node = { kind: 'leaf', leaf: { kind: entry.type, ...attributes } };
-      break;
+  // Only real entries keep data; a whiteout's body (normally empty) is skipped by the reader.
+  let content: FileContent = EMPTY_CONTENT;
+  if (entry.type === 'file' && classified.kind === 'entry' && index) {
+    if (entry.dataOffset === undefined)
+      throw new ErofsOciError('internal', 'index mode needs tar data offsets');
+    content = { kind: 'external', size: entry.size, offset: entry.dataOffset };
+  } else if (entry.type === 'file' && classified.kind === 'entry') {
+    content = await writer.writeFileData(entry.body(), entry.size, xattrBodySize(entry.xattrs), {
+      signal,
+    });
   }
+  const node = entryNode(entry, content);
   tree.add(entry.path, classified, node, origin);
 }

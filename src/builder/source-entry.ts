@@ -1,3 +1,5 @@
+import type { EntryNode } from '../fs-tree/apply.ts';
+import type { Attributes, FileContent, Leaf } from '../fs-tree/tree.ts';
 import type { TarEntry } from '../tar/reader.ts';
 
 /**
@@ -11,4 +13,39 @@ export interface SourceEntry extends Omit<TarEntry, 'type' | 'headerOffset' | 'd
   /** Offset of the entry's data in the uncompressed stream (tar sources; index mode addresses data by it). */
   dataOffset?: number;
   body(): AsyncIterable<Uint8Array>;
+}
+
+/** The tree node an entry stands for; a regular file's data is `content`. */
+export function entryNode(entry: SourceEntry, content: FileContent): EntryNode {
+  const attributes: Attributes = {
+    mode: entry.mode & 0o7777,
+    uid: entry.uid,
+    gid: entry.gid,
+    mtime: entry.mtime,
+    xattrs: entry.xattrs,
+  };
+  switch (entry.type) {
+    case 'dir':
+      return { kind: 'dir', attributes };
+    case 'hardlink':
+      return { kind: 'hardlink', target: entry.linkname };
+    case 'file':
+      return { kind: 'leaf', leaf: { kind: 'file', ...attributes, content } };
+    case 'symlink':
+      return { kind: 'leaf', leaf: { kind: 'symlink', ...attributes, target: entry.linkname } };
+    case 'chardev':
+    case 'blockdev':
+      return {
+        kind: 'leaf',
+        leaf: {
+          kind: entry.type,
+          ...attributes,
+          major: entry.devmajor,
+          minor: entry.devminor,
+        } satisfies Leaf,
+      };
+    case 'fifo':
+    case 'socket':
+      return { kind: 'leaf', leaf: { kind: entry.type, ...attributes } };
+  }
 }

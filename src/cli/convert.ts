@@ -2,12 +2,14 @@
 import { parseArgs } from 'node:util';
 import { MEDIA_TYPE_EROFS, MEDIA_TYPE_EROFS_LAYER_V1 } from '../chunk-index/index.ts';
 import { ErofsOciError } from '../errors.ts';
-import { parseSourceReference } from '../oci/index.ts';
+import { isRootReader, parseSourceReference } from '../oci/index.ts';
+import { convertToIndex } from '../publish/convert-index.ts';
 import { PushClient } from '../oci/push.ts';
 import type { ImageSink } from '../publish/convert.ts';
 import { RegistrySink } from '../publish/registry-sink.ts';
 import { type ConvertSummary, convertImage, DEFAULT_CHUNK_SIZE } from '../publish/convert.ts';
 import { LayoutSink } from '../publish/layout-sink.ts';
+import { ArchiveSink } from '../publish/archive-sink.ts';
 import { parseBlockSize, parseTimestamp, parseUuid } from './build.ts';
 import type { CommandIo } from './io.ts';
 import { Progress } from './progress.ts';
@@ -32,9 +34,15 @@ Destinations:
                       repository on the same registry are mounted, uploads are chunked and resumed;
                       the manifest goes last, so the tag never names a missing blob
   oci:DIR[:TAG]       an OCI image layout directory (created when missing; index.json written last)
+  oci-archive:FILE[:TAG]  a tar of an OCI layout holding this image, written to a temporary name
+                      beside FILE and renamed over it when complete
 
-Not yet: layers whose hardlinks point into lower layers are refused (exit 6); oci-archive: destinations,
---all-platforms and --with-source.
+Hardlinks into lower layers: the target is copied into the layer (its links there one inode), so each
+layer stands alone; in the stacked image the link and the lower file are two inodes with the same bytes.
+--all-platforms converts every image of the source's index (entries for platform unknown/unknown, such as
+attestations, left out) and writes an index; --with-source writes an index listing the source's manifests
+(copied to DEST as they are) first and the EROFS ones after them, so one tag serves clients of either kind.
+EROFS entries carry erofs in platform os.features.
 
 Options:
   --media-type T      application/vnd.erofs.layer.v1 (default, containerd 2.3+) or application/vnd.erofs
@@ -47,6 +55,8 @@ Options:
   --uuid U|clear      volume UUID of every layer (default: derived from the source layer's digest)
   --block-size N      4096 (default), 2048, 1024 or 512
   --jobs N            layers converted at once (default 2)
+  --all-platforms     convert every platform of an index (not with --platform); DEST names an index
+  --with-source       DEST names an index of the source's manifests and the EROFS ones
   --quiet             no progress and no summary on stderr
   --json              print the manifest digest and the layers as JSON on stdout
   --debug             show the causes of errors
@@ -67,6 +77,8 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
       uuid: { type: 'string' },
       'block-size': { type: 'string' },
       jobs: { type: 'string' },
+      'all-platforms': { type: 'boolean' },
+      'with-source': { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
       json: { type: 'boolean' },
       debug: { type: 'boolean' },
@@ -87,6 +99,11 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
     throw new ErofsOciError('usage', 'convert converts every layer; --layer and --blob do not apply');
   }
   const [sourceArg, destArg] = positionals as [string, string];
+  const allPlatforms = values['all-platforms'] ?? false;
+  const withSource = values['with-source'] ?? false;
+  if (allPlatforms && values.platform !== undefined) {
+    throw new ErofsOciError('usage', '--all-platforms and --platform exclude each other');
+  }
   const mediaType = values['media-type'] ?? MEDIA_TYPE_EROFS_LAYER_V1;
   if (![MEDIA_TYPE_EROFS_LAYER_V1, MEDIA_TYPE_EROFS, MEDIA_TYPE_OCI_LAYER_EROFS].includes(mediaType)) {
     throw new ErofsOciError(
@@ -105,15 +122,23 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
   const sink = await openDestination(destArg, sourceArg, values, password, io);
   const image = await openImageFromOptions(sourceArg, { ...values, password }, io);
   try {
-    const layers = await image.layers({ signal: io.signal });
+    const toIndex = allPlatforms || withSource;
+    if (toIndex && !isRootReader(image)) {
+      throw new ErofsOciError(
+        'usage',
+        `--all-platforms and --with-source need an image source, not ${sourceArg}`,
+      );
+    }
+    // Per-layer progress knows the layers up front only for one image.
+    const layers = toIndex ? [] : await image.layers({ signal: io.signal });
     const progress =
-      values.quiet || !io.stderrIsTty
+      values.quiet || !io.stderrIsTty || toIndex
         ? undefined
         : new Progress(
             io.stderr,
             layers.map((l) => ({ name: l.digest.slice(0, 19), total: l.size })),
           );
-    const summary = await convertImage(image, sink, {
+    const options = {
       chunkSize,
       zstdLevel,
       mediaType,
@@ -122,8 +147,12 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
       uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
       concurrency,
       signal: io.signal,
-      onLayerProgress: progress ? (i, bytes) => progress.update(i, bytes) : undefined,
-    });
+      onLayerProgress: progress ? (i: number, bytes: number) => progress.update(i, bytes) : undefined,
+    };
+    const summary =
+      toIndex && isRootReader(image)
+        ? await convertToIndex(image, sink, { ...options, allPlatforms, withSource })
+        : await convertImage(image, sink, options);
     progress?.done();
     report(summary, destArg, values, io);
   } finally {
@@ -145,6 +174,7 @@ function report(
         manifest: summary.manifest.digest,
         mediaType: summary.manifest.mediaType,
         layers: summary.layers,
+        ...(summary.images ? { images: summary.images } : {}),
         seconds: Number(summary.seconds.toFixed(3)),
       })}\n`,
     );
@@ -174,10 +204,11 @@ async function openDestination(
     const sink = new LayoutSink(reference.path, reference.tag);
     return Object.assign(sink, { close: async () => {} });
   }
+  if (reference.kind === 'oci-archive') return new ArchiveSink(reference.path, reference.tag);
   if (reference.kind !== 'registry' || reference.digest !== undefined) {
     throw new ErofsOciError(
       'usage',
-      `destination ${dest} must be [docker://]HOST/REPO[:TAG] or oci:DIR[:TAG]`,
+      `destination ${dest} must be [docker://]HOST/REPO[:TAG], oci:DIR[:TAG] or oci-archive:FILE[:TAG]`,
     );
   }
   let mountFrom: string | undefined;

@@ -49,6 +49,46 @@ function lookup(root: Directory, path: string): Node | undefined {
 }
 
 describe('TreeBuilder', () => {
+  it('overlay form: .wh.NAME then NAME/ in one layer is an opaque directory; NAME then .wh.NAME keeps NAME', () => {
+    const tree = apply(
+      [
+        [
+          ['d/.wh.x', file()],
+          ['d/x/', dir()],
+          ['d/y', file()],
+          ['d/.wh.y', file()],
+          ['d/z/', dir()],
+          ['d/.wh.z', file()],
+        ],
+      ],
+      'overlay',
+    );
+    const x = lookup(tree.root, 'd/x');
+    assert.equal(x?.kind, 'dir');
+    assert.equal(Buffer.from(x.xattrs.get('trusted.overlay.opaque') ?? []).toString(), 'y');
+    assert.equal(lookup(tree.root, 'd/y')?.kind, 'file');
+    const z = lookup(tree.root, 'd/z');
+    assert.equal(Buffer.from(z?.xattrs.get('trusted.overlay.opaque') ?? []).toString(), 'y');
+  });
+
+  it('overlay form with deferLowerLinks: links to a missing target share one placeholder', () => {
+    const tree = new TreeBuilder({ whiteouts: 'overlay', deferLowerLinks: true });
+    tree.beginLayer();
+    for (const [path, node] of [
+      ['a', link('lower/t')],
+      ['b', link('./lower//t')],
+      ['own', file()],
+      ['c', link('own')],
+    ] as [string, EntryNode][]) {
+      const origin = { source: 'test' };
+      tree.add(path, tree.classify(path, origin), node, origin);
+    }
+    assert.deepEqual([...tree.lowerLinks.keys()], ['lower/t']);
+    assert.equal(lookup(tree.root, 'a'), lookup(tree.root, 'b'));
+    assert.equal(lookup(tree.root, 'a'), tree.lowerLinks.get('lower/t')?.leaf);
+    assert.equal(lookup(tree.root, 'c'), lookup(tree.root, 'own'));
+  });
+
   it('creates missing parents', () => {
     const tree = apply([[['a/b/c', file()]]]);
     assert.deepEqual(listing(tree.root), ['a/', 'a/b/', 'a/b/c']);

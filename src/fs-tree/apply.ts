@@ -11,7 +11,7 @@
  */
 import { ErofsOciError } from '../errors.ts';
 import type { Attributes, ByteString, Directory, Leaf, Node } from './tree.ts';
-import { displayName, newDirectory } from './tree.ts';
+import { displayName, EMPTY_CONTENT, newDirectory } from './tree.ts';
 
 export type WhiteoutMode = 'apply' | 'overlay' | 'strip';
 
@@ -35,15 +35,36 @@ export type EntryNode =
   | { kind: 'leaf'; leaf: Leaf }
   | { kind: 'hardlink'; target: ByteString };
 
+/** A hardlink whose target is not in the layer: a placeholder leaf that every link to the target shares. */
+export interface LowerLink {
+  /** The target's path, components joined by `/`. */
+  readonly target: ByteString;
+  /** Filled in place once the target is found in the layers below (`Object.assign`-style). */
+  readonly leaf: Leaf;
+  /** The first link entry naming it, for error messages. */
+  readonly path: ByteString;
+  readonly origin: EntryOrigin;
+}
+
 export class TreeBuilder {
   readonly root: Directory;
   readonly #whiteouts: WhiteoutMode;
+  readonly #deferLowerLinks: boolean;
+  /** Overlay form with `deferLowerLinks`: links to targets below this layer, by target path. */
+  readonly lowerLinks = new Map<ByteString, LowerLink>();
   /** Entries added or updated by the current layer, per directory: whiteouts do not apply to them. */
   #touched = new WeakMap<Directory, Set<ByteString>>();
   #rootTouched = false;
+  /** Overlay form: the whiteout devices made for `.wh.` entries (an entry of the same name replaces one). */
+  #whiteoutNodes = new WeakSet<Node>();
 
-  constructor(options: { whiteouts: WhiteoutMode; root?: Directory }) {
+  /**
+   * `deferLowerLinks` (overlay form): a hardlink to a target this layer does not have gets a placeholder
+   * leaf listed in `lowerLinks`, for the caller to fill from the layers below, instead of an error.
+   */
+  constructor(options: { whiteouts: WhiteoutMode; root?: Directory; deferLowerLinks?: boolean }) {
     this.#whiteouts = options.whiteouts;
+    this.#deferLowerLinks = (options.deferLowerLinks ?? false) && options.whiteouts === 'overlay';
     this.root = options.root ?? newDirectory();
   }
 
@@ -124,9 +145,13 @@ export class TreeBuilder {
           this.#touch(parent, name);
           return;
         }
-        if (existing && touched)
+        if (existing && touched && !this.#whiteoutNodes.has(existing))
           throw entryError('entry is both a file and a directory in one layer', path, origin);
         replacement = { ...newDirectory(node.attributes), entries: new Map() };
+        // Overlay form, `.wh.NAME` then `NAME/` in one layer: a new directory hiding the lower one's
+        // contents, which overlayfs spells as an opaque directory.
+        if (existing && this.#whiteoutNodes.has(existing))
+          replacement.xattrs.set(OVERLAY_OPAQUE, Buffer.from('y'));
         break;
       case 'leaf':
         if (existing?.kind === 'dir' && touched) {
@@ -157,9 +182,15 @@ export class TreeBuilder {
     if (this.#whiteouts === 'strip') return;
     const parent = this.#directory(parentParts, path, origin);
     if (this.#whiteouts === 'overlay') {
+      const existing = parent.entries.get(name);
+      if (existing && this.#isTouched(parent, name) && !this.#whiteoutNodes.has(existing)) {
+        // This layer's own NAME already hides the lower one; a directory must hide its contents too.
+        if (existing.kind === 'dir') existing.xattrs.set(OVERLAY_OPAQUE, Buffer.from('y'));
+        return;
+      }
       // As overlayfs creates them: S_IFCHR with mode 0 and device 0:0; owner and mtime from the entry.
       const attributes = node.kind === 'dir' ? node.attributes : node.kind === 'leaf' ? node.leaf : undefined;
-      parent.entries.set(name, {
+      const whiteout: Leaf = {
         kind: 'chardev',
         major: 0,
         minor: 0,
@@ -168,7 +199,9 @@ export class TreeBuilder {
         gid: attributes?.gid ?? 0,
         mtime: attributes?.mtime ?? { sec: 0, nsec: 0 },
         xattrs: new Map(),
-      });
+      };
+      this.#whiteoutNodes.add(whiteout);
+      parent.entries.set(name, whiteout);
       // Keeps overlayfs from iterating this directory directly, which would expose the whiteouts when the
       // image is the only lower layer (kernel commit b79e05aaa166; erofs-utils marks such directories too).
       parent.xattrs.set(OVERLAY_ORIGIN, new Uint8Array(0));
@@ -218,8 +251,27 @@ export class TreeBuilder {
 
   #resolveLink(target: ByteString, origin: EntryOrigin, path: ByteString): Leaf {
     let node: Node | undefined = this.root;
-    for (const part of splitPath(target, origin)) {
+    const parts = splitPath(target, origin);
+    for (const part of parts) {
       node = node?.kind === 'dir' ? node.entries.get(part) : undefined;
+    }
+    if (!node && this.#deferLowerLinks && parts.length > 0) {
+      const key = parts.join('/');
+      let link = this.lowerLinks.get(key);
+      if (!link) {
+        const leaf: Leaf = {
+          kind: 'file',
+          mode: 0,
+          uid: 0,
+          gid: 0,
+          mtime: { sec: 0, nsec: 0 },
+          xattrs: new Map(),
+          content: EMPTY_CONTENT,
+        };
+        link = { target: key, leaf, path, origin };
+        this.lowerLinks.set(key, link);
+      }
+      return link.leaf;
     }
     if (!node && this.#whiteouts !== 'apply') {
       // A layer on its own (overlay form) cannot point into the layers below it.

@@ -6,7 +6,9 @@
 import { ErofsOciError } from '../errors.ts';
 import { verifyBytes } from './digest.ts';
 import type {
+  Image,
   ImageSource,
+  RootReader,
   LayerDescriptor,
   ManifestDescriptor,
   RangeReader,
@@ -41,7 +43,7 @@ interface Resolved {
 /** Indexes may nest (an index of indexes); more than this is refused rather than followed forever. */
 const MAX_INDEX_DEPTH = 4;
 
-export class BackendImage implements ImageSource, RangeReader {
+export class BackendImage implements ImageSource, RangeReader, RootReader {
   readonly name: string;
   readonly platform: Platform;
   readonly #backend: ImageBackend;
@@ -96,6 +98,40 @@ export class BackendImage implements ImageSource, RangeReader {
       );
     }
     return { manifest: { ...descriptor, mediaType: parsed.mediaType, index }, parsed };
+  }
+
+  async root(options: SignalOptions = {}) {
+    const root = await this.#backend.root(options);
+    const parsed = parseManifest(root.bytes, `manifest of ${this.name}`, root.descriptor.mediaType);
+    return {
+      descriptor: { ...root.descriptor, mediaType: parsed.mediaType },
+      bytes: root.bytes,
+      isIndex: parsed.kind === 'index',
+    };
+  }
+
+  async manifestBytes(descriptor: Descriptor, options: SignalOptions = {}): Promise<Uint8Array> {
+    if (descriptor.size > MAX_MANIFEST_BYTES) {
+      throw new ErofsOciError(
+        'unsupported',
+        `Cannot use manifest ${descriptor.digest} of ${this.name}: ${descriptor.size} bytes is too large`,
+      );
+    }
+    const bytes = await this.#backend.manifestBytes(descriptor, options);
+    verifyBytes(bytes, descriptor.digest, descriptor.size, `manifest ${descriptor.digest} of ${this.name}`);
+    return bytes;
+  }
+
+  imageOf(descriptor: Descriptor): Image {
+    const backend = this.#backend;
+    const pinned: ImageBackend = {
+      root: async (options) => ({ bytes: await this.manifestBytes(descriptor, options), descriptor }),
+      manifestBytes: (d, options) => backend.manifestBytes(d, options),
+      openBlob: (d, options) => backend.openBlob(d, options),
+      readRange: (digest, offset, length, options) => backend.readRange(digest, offset, length, options),
+      close: async () => {},
+    };
+    return new BackendImage(`${this.name}@${descriptor.digest}`, this.platform, pinned);
   }
 
   async manifest(options: SignalOptions = {}): Promise<ManifestDescriptor> {

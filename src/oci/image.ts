@@ -68,6 +68,20 @@ export interface ImageSource extends Image {
   close(): Promise<void>;
 }
 
+/** Optional ability: the document a reference names and the images an index lists (convert --all-platforms). */
+export interface RootReader {
+  /** The index or manifest the reference names, its bytes verified. */
+  root(options?: SignalOptions): Promise<{ descriptor: Descriptor; bytes: Uint8Array; isIndex: boolean }>;
+  /** The bytes of a manifest the root index lists, verified against the descriptor. */
+  manifestBytes(descriptor: Descriptor, options?: SignalOptions): Promise<Uint8Array>;
+  /** The image one manifest of the root index describes (no platform selection). */
+  imageOf(descriptor: Descriptor): Image;
+}
+
+export function isRootReader(value: unknown): value is RootReader {
+  return typeof (value as Partial<RootReader>)?.imageOf === 'function';
+}
+
 /** Optional ability: random access to blobs, for lazy mounting (SPEC §2 `serve`, `mount`). */
 export interface RangeReader {
   /**

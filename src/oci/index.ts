@@ -9,11 +9,19 @@ export type {
   LayerDescriptor,
   ManifestDescriptor,
   RangeReader,
+  RootReader,
   SignalOptions,
 } from './image.ts';
-export { blobByteSource, isRangeReader, readBlob, readConfig } from './image.ts';
+export { blobByteSource, isRangeReader, isRootReader, readBlob, readConfig } from './image.ts';
 export type { Compression, LayerFormat } from './media-types.ts';
-export { layerFormat, MediaType, tryLayerFormat } from './media-types.ts';
+export {
+  isImageManifestMediaType,
+  isIndexMediaType,
+  layerFormat,
+  MediaType,
+  tryLayerFormat,
+} from './media-types.ts';
+export { parseManifest } from './manifest.ts';
 export type { Platform } from './platform.ts';
 export {
   formatPlatform,

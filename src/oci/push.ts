@@ -256,6 +256,21 @@ export class PushClient {
       await sleep(retryAfter ?? backoffDelay(this.#policy, failures), signal);
       // Resume from what the registry holds of the session.
       const status = await this.#request(this.#send, { method: 'GET', url: location, signal }, action);
+      if (status.status === 404 || status.status === 400) {
+        // The registry gave the session up after the broken request (distribution does when a PATCH
+        // dies mid-body: BLOB_UPLOAD_INVALID): start a new one from the first byte.
+        await status.body.discard();
+        const fresh = await this.#request(
+          this.#send,
+          { method: 'POST', url: this.#url('blobs/uploads/'), headers: { 'content-length': '0' }, signal },
+          action,
+        );
+        if (fresh.status !== 202) throw await this.#statusError(fresh, action, signal);
+        await fresh.body.discard();
+        location = this.#location(fresh, action);
+        offset = 0;
+        continue;
+      }
       if (status.status !== 204) throw await this.#statusError(status, action, signal);
       await status.body.discard();
       location = this.#location(status, action, location);

@@ -25,6 +25,8 @@ export interface LayerConversionOptions {
   uuid?: Uint8Array | undefined;
   signal?: AbortSignal | undefined;
   onProgress?: ((sourceBytes: number) => void) | undefined;
+  /** The source layers below this one (bottom first): hardlinks into them are resolved by copying. */
+  lowers?: readonly LayerDescriptor[];
 }
 
 export interface ConvertedLayer extends ChunkedLayer {
@@ -66,6 +68,10 @@ export async function convertLayer(
       uuid: options.uuid ?? uuidFor(layer.digest),
       signal: options.signal,
       prefetch: 1,
+      lowerLayers: (options.lowers ?? []).map((lower) => ({
+        name: lower.digest,
+        open: (signal) => image.openBlob(lower, { signal }),
+      })),
       onProgress: options.onProgress ? (_, bytes) => options.onProgress?.(bytes) : undefined,
     });
     const encoder = new ChunkedLayerEncoder({

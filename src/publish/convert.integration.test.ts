@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readFile, rmdir, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir as osTmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -191,6 +191,25 @@ describe('convert into OCI layouts', { skip }, () => {
     const again = await convert(`oci:${out}:erofs`);
     assert.equal(again.manifest, summary.manifest);
     assert.ok(again.layers.every((l) => l.transfer === 'exists'));
+  });
+
+  it('oci-archive: a tar of the layout that skopeo reads and copies; nothing left beside it', async () => {
+    const archiveDir = join(dir.path, 'archive');
+    await mkdir(archiveDir);
+    const file = join(archiveDir, 'image.tar');
+    const summary = await convert(`oci-archive:${file}:erofs`);
+    const raw = await skopeo(['inspect', '--raw', `oci-archive:${file}:erofs`]);
+    assert.equal(`sha256:${createHash('sha256').update(raw).digest('hex')}`, summary.manifest);
+    assert.deepEqual(await readdir(archiveDir), ['image.tar'], 'no work files beside the archive');
+    const copy = join(dir.path, 'from-archive');
+    await skopeo(['copy', `oci-archive:${file}:erofs`, `oci:${copy}:erofs`]);
+    await checkLayout(copy, { ...summary, manifest: '' }, false);
+    // GNU tar reads it too, and a second convert replaces it with the same bytes
+    const listing = await check('tar', ['-tf', file]);
+    assert.match(listing, /^oci-layout\nindex\.json\nblobs\/\nblobs\/sha256\//);
+    const before = await readFile(file);
+    await convert(`oci-archive:${file}:erofs`);
+    assert.ok(before.equals(await readFile(file)));
   });
 
   it('+zstd layers: one frame per chunk, decompressed by the zstd tool', async () => {

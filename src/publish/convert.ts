@@ -8,7 +8,7 @@ import { rm } from 'node:fs/promises';
 import { MEDIA_TYPE_EROFS_LAYER_V1 } from '../chunk-index/index.ts';
 import type { BlockSize } from '../erofs/writer.ts';
 import { ErofsOciError } from '../errors.ts';
-import { type ImageSource, type LayerDescriptor, readConfig } from '../oci/index.ts';
+import { type Image, type ImageSource, type LayerDescriptor, readConfig } from '../oci/index.ts';
 import { type ConvertedLayer, convertLayer } from './convert-layer.ts';
 import { addErofsFeature, type Blob, layerMediaType, manifestBlob, rewriteConfig } from './documents.ts';
 import type { Transfer } from './layout-sink.ts';
@@ -18,6 +18,15 @@ export interface ImageSink {
   workDirectory(): Promise<string>;
   putFile(digest: string, size: number, path: string, signal?: AbortSignal): Promise<Transfer>;
   putBlob(blob: Blob, signal?: AbortSignal): Promise<Transfer>;
+  /** A blob of the source copied as it is (`open` verifies it): skipped when DEST has it. */
+  copyBlob(
+    descriptor: { digest: string; size: number },
+    open: (signal?: AbortSignal) => AsyncIterable<Uint8Array>,
+    signal?: AbortSignal,
+  ): Promise<Transfer>;
+  /** A manifest an index will name, stored by digest (before the index). */
+  putManifest(manifest: Blob, signal?: AbortSignal): Promise<void>;
+  /** The manifest or index DEST names: the last step. */
   putRoot(root: Blob, platform?: unknown, signal?: AbortSignal): Promise<void>;
 }
 
@@ -47,9 +56,27 @@ export interface LayerReport {
 }
 
 export interface ConvertSummary {
+  /** What DEST names: the manifest, or the index with `--all-platforms` / `--with-source`. */
   manifest: { mediaType: string; digest: string; size: number };
+  /** The layers of every converted image, in order. */
   layers: LayerReport[];
+  /** Index output: each converted image with its platform. */
+  images?: ConvertedImageReport[];
   seconds: number;
+}
+
+export interface ConvertedImageReport {
+  platform: Record<string, unknown> | undefined;
+  manifest: string;
+  layers: LayerReport[];
+}
+
+/** One image converted and its blobs stored; the manifest not yet named by anything. */
+export interface ConvertedImage {
+  manifest: Blob;
+  /** The platform for an index entry (from the config), `os.features` with `erofs`. */
+  platform: Record<string, unknown> | undefined;
+  layers: LayerReport[];
 }
 
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
@@ -66,6 +93,23 @@ export async function convertImage(
   options: ConvertOptions = {},
 ): Promise<ConvertSummary> {
   const started = performance.now();
+  const converted = await convertManifest(image, sink, options);
+  await sink.putRoot(converted.manifest, converted.platform, options.signal);
+  const { manifest } = converted;
+  return {
+    manifest: { mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.size },
+    layers: converted.layers,
+    seconds: (performance.now() - started) / 1000,
+  };
+}
+
+/** Converts the layers of one image and stores them and the config; returns the manifest, unstored. */
+export async function convertManifest(
+  image: Image,
+  sink: ImageSink,
+  options: ConvertOptions = {},
+  layerOffset = 0,
+): Promise<ConvertedImage> {
   const signal = options.signal;
   const layers = await image.layers({ signal });
   for (const layer of layers) {
@@ -92,7 +136,8 @@ export async function convertImage(
         timestamp,
         uuid: options.uuid,
         signal,
-        onProgress: (bytes) => options.onLayerProgress?.(i, bytes),
+        lowers: layers.slice(0, i),
+        onProgress: (bytes) => options.onLayerProgress?.(layerOffset + i, bytes),
       });
       converted[i] = result;
       const transfer = await sink.putFile(result.blobDigest, result.blobSize, result.path, signal);
@@ -104,18 +149,15 @@ export async function convertImage(
         diffId: result.diffId,
         transfer,
       };
-      options.onLayerDone?.(i, reports[i]);
+      options.onLayerDone?.(layerOffset + i, reports[i]);
     };
     await pool(layers, Math.max(1, options.concurrency ?? 2), one, signal);
     const configBlob = rewriteConfig(config, converted);
     await sink.putBlob(configBlob, signal);
-    const manifest = manifestBlob(configBlob, converted, mediaType);
-    const platform = platformOf(config);
-    await sink.putRoot(manifest, platform, signal);
     return {
-      manifest: { mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.size },
+      manifest: manifestBlob(configBlob, converted, mediaType),
+      platform: platformOf(config),
       layers: reports,
-      seconds: (performance.now() - started) / 1000,
     };
   } finally {
     await rm(directory, { recursive: true, force: true });

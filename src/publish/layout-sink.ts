@@ -4,10 +4,10 @@
  * names a blob it does not hold. An existing layout keeps its other images; an entry with the same tag is
  * replaced.
  */
-import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { ErofsOciError } from '../errors.ts';
-import { fileError, writeFileAtomically } from '../io/files.ts';
+import { fileError, temporaryPathFor, writeFileAtomically } from '../io/files.ts';
 import { MediaType } from '../oci/index.ts';
 import type { Blob } from './documents.ts';
 
@@ -57,8 +57,25 @@ export class LayoutSink {
     return 'uploaded';
   }
 
+  async copyBlob(
+    descriptor: { digest: string; size: number },
+    open: (signal?: AbortSignal) => AsyncIterable<Uint8Array>,
+    signal?: AbortSignal,
+  ): Promise<Transfer> {
+    if (await this.#has(descriptor.digest, descriptor.size)) return 'exists';
+    const path = this.#path(descriptor.digest);
+    await mkdir(dirname(path), { recursive: true });
+    await streamToFile(open(signal), temporaryPathFor(path), path);
+    return 'uploaded';
+  }
+
+  async putManifest(manifest: Blob): Promise<void> {
+    await this.putBlob(manifest);
+  }
+
   async putBlob(blob: Blob): Promise<Transfer> {
     if (await this.#has(blob.digest, blob.size)) return 'exists';
+    await mkdir(dirname(this.#path(blob.digest)), { recursive: true });
     await writeFileAtomically(this.#path(blob.digest), blob.bytes);
     return 'uploaded';
   }
@@ -99,5 +116,26 @@ export class LayoutSink {
       join(this.directory, 'index.json'),
       new TextEncoder().encode(JSON.stringify(index)),
     );
+  }
+}
+
+/** Writes a (verifying) stream to `temporary` and renames it to `path` once the stream has ended. */
+export async function streamToFile(
+  bytes: AsyncIterable<Uint8Array>,
+  temporary: string,
+  path: string,
+): Promise<void> {
+  try {
+    const out = await open(temporary, 'w', 0o644);
+    try {
+      for await (const chunk of bytes) await out.write(chunk);
+    } finally {
+      await out.close();
+    }
+    await rename(temporary, path);
+  } catch (error) {
+    await rm(temporary, { force: true });
+    if (error instanceof ErofsOciError || (error as Error)?.name === 'AbortError') throw error;
+    throw fileError(`Cannot write ${path}`, error);
   }
 }

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { PushClient } from '../oci/push.ts';
 import type { Blob } from './documents.ts';
-import type { Transfer } from './layout-sink.ts';
+import { streamToFile, type Transfer } from './layout-sink.ts';
 
 export class RegistrySink {
   readonly #client: PushClient;
@@ -31,6 +31,26 @@ export class RegistrySink {
       await handle.close();
       await rm(path, { force: true });
     }
+  }
+
+  async copyBlob(
+    descriptor: { digest: string; size: number },
+    open: (signal?: AbortSignal) => AsyncIterable<Uint8Array>,
+    signal?: AbortSignal,
+  ): Promise<Transfer> {
+    if (await this.#client.hasBlob(descriptor.digest, descriptor.size, signal)) return 'exists';
+    const directory = await mkdtemp(join(tmpdir(), 'erofs-oci-copy-'));
+    try {
+      const path = join(directory, 'blob');
+      await streamToFile(open(signal), `${path}.tmp`, path);
+      return await this.putFile(descriptor.digest, descriptor.size, path, signal);
+    } finally {
+      await rm(directory, { recursive: true, force: true });
+    }
+  }
+
+  async putManifest(manifest: Blob, signal?: AbortSignal): Promise<void> {
+    await this.#client.putManifest(manifest.digest, manifest.mediaType, manifest.bytes, signal);
   }
 
   putBlob(blob: Blob, signal?: AbortSignal): Promise<Transfer> {
