@@ -87,7 +87,8 @@ export function compressFile(data: Uint8Array, options: CompressOptions): Compre
   while (at < data.byteLength) {
     const rest = data.subarray(at);
     const { output, consumed } = compressPrefix(rest, options.pclusterSize, options, ratio);
-    if (consumed > 0 && output.byteLength > 0) ratio = Math.min(16, Math.max(1, consumed / output.byteLength));
+    if (consumed > 0 && output.byteLength > 0)
+      ratio = Math.min(16, Math.max(1, consumed / output.byteLength));
     const blocks = Math.ceil(output.byteLength / bs);
     // Compressed only if it saves a block and (without tail packing) crosses an lcluster end; and only if
     // its first byte is not 0, which 0PADDING readers take for padding (a deflate stream may start with a

@@ -340,7 +340,7 @@ export class ImageWriter {
       while (jobs.length > 2) place(await (jobs.shift() as Promise<CompressedSegment>));
     }
     for (const job of jobs) place(await job);
-    raw.flush();
+    await raw.settle();
     if (blocks < Math.ceil(size / bs)) {
       return {
         kind: 'compressed',
@@ -352,6 +352,8 @@ export class ImageWriter {
         extents,
       };
     }
+    // Background writes of the compressed attempt must land before the raw bytes overwrite them.
+    await this.#out.settle();
     this.#out.rewind(start);
     const fd = this.#rawSpill.fd;
     function* rawChunks(): Generator<Uint8Array> {
