@@ -47,7 +47,16 @@ export type BuildSource =
 export type BuildMode =
   | { kind: 'full' }
   /** `zinfo`: also write the gzip layer's random-access index to this file (same download, same pass). */
-  | { kind: 'index'; zinfo?: { path: string; span?: number } };
+  | {
+      kind: 'index';
+      zinfo?: { path: string; span?: number };
+      /**
+       * Where the declared tar device ends: `stream` (default) the whole uncompressed tar; `entries` the end
+       * of the last entry's data, leaving the end-of-archive blocks out, as erofs-utils `--tar=i` / `--oci=i`
+       * declare it (a device shorter than the gzip stream inflates to; readers must serve it).
+       */
+      deviceEnd?: 'stream' | 'entries';
+    };
 
 export interface BuildOptions {
   sources: BuildSource[];
@@ -146,6 +155,7 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
     const lowerLayers = options.lowerLayers;
     const tree = new TreeBuilder({ whiteouts, deferLowerLinks: lowerLayers !== undefined });
     let tarSize = 0;
+    let entriesEnd = 0;
     for (const [sourceIndex, source] of options.sources.entries()) {
       tree.beginLayer();
       const name = sourceName(source);
@@ -156,6 +166,10 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
       const lazy = source.kind === 'lazy' ? prefetcher.stream(sourceIndex) : undefined;
       for await (const entry of entriesOf(source, options, onBytes, onTarBytes, lazy, zinfoBuilder)) {
         throwIfAborted(options.signal);
+        if (entry.dataOffset !== undefined) {
+          const dataBytes = entry.type === 'file' ? Math.ceil(entry.size / 512) * 512 : 0;
+          entriesEnd = Math.max(entriesEnd, entry.dataOffset + dataBytes);
+        }
         await addEntry(tree, writer, entry, name, index, options.signal);
       }
     }
@@ -171,7 +185,9 @@ export async function build(options: BuildOptions): Promise<BuildSummary> {
       uuid: options.uuid ?? randomBytes(16),
       label: options.label,
       signal: options.signal,
-      ...(index ? { externalDeviceSize: tarSize } : {}),
+      ...(index
+        ? { externalDeviceSize: mode.deviceEnd === 'entries' ? Math.min(entriesEnd, tarSize) : tarSize }
+        : {}),
     });
     if (mode.kind === 'index' && mode.zinfo && zinfoBuilder) {
       const built = zinfoBuilder.result();
