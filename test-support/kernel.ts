@@ -8,7 +8,7 @@
  * `fsckSkipReason` first and report the reason instead of failing.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, existsSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, rmdir } from 'node:fs/promises';
 import { tmpdir as osTmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -404,4 +404,32 @@ export async function check(command: string, args: string[], options: RunOptions
     );
   }
   return result.stdout;
+}
+
+/** Starts `erofs-oci serve ARGS --listen unix:SOCKET` and waits until its socket exists (up to `waitMs`). */
+export async function startServe(
+  args: string[],
+  socket: string,
+  waitMs = 10_000,
+): Promise<{ child: ChildProcess; log: () => string }> {
+  const child = spawn(nodeBinary, [cliEntry, 'serve', ...args, '--listen', `unix:${socket}`], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  for (let waited = 0; waited < waitMs && !existsSync(socket); waited += 50) {
+    if (child.exitCode !== null) throw new Error(`serve exited early: ${stderr}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  if (!existsSync(socket)) throw new Error(`serve did not listen: ${stderr}`);
+  return { child, log: () => stderr };
+}
+
+/** Stops a server the way the mount machinery does (SIGTERM) and returns its exit status. */
+export async function stopProcess(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode;
+  child.kill('SIGTERM');
+  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
 }

@@ -7,7 +7,7 @@
  * extracts; the export is copied whole with nbdcopy.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -16,15 +16,15 @@ import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import {
   check,
-  cliEntry,
   findExecutable,
   isRoot,
   mkfsErofs19,
-  nodeBinary,
   run,
   runCli,
   type Snapshot,
   snapshot,
+  startServe as startServeProcess,
+  stopProcess,
   type TmpDir,
   tmpdir,
 } from '../../test-support/kernel.ts';
@@ -65,26 +65,10 @@ async function declaredDevice(meta: string): Promise<{ metaSize: number; tarByte
 }
 
 async function startServe(args: string[], socket: string): Promise<ChildProcess> {
-  const child = spawn(nodeBinary, [cliEntry, 'serve', ...args, '--listen', `unix:${socket}`], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr?.on('data', (c: Buffer) => {
-    stderr += c.toString();
-  });
-  for (let i = 0; i < 200 && !existsSync(socket); i++) {
-    if (child.exitCode !== null) throw new Error(`serve exited early: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  if (!existsSync(socket)) throw new Error(`serve did not listen: ${stderr}`);
-  return child;
+  return (await startServeProcess(args, socket)).child;
 }
 
-async function stop(child: ChildProcess): Promise<number | null> {
-  if (child.exitCode !== null) return child.exitCode;
-  child.kill('SIGTERM');
-  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-}
+const stop = stopProcess;
 
 describe('hybrid device declared shorter than the gzip stream', { skip }, () => {
   let dir: TmpDir;

@@ -6,14 +6,18 @@
  * and comes back.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
-import { cliEntry, findExecutable, nodeBinary, run } from '../../test-support/kernel.ts';
+import {
+  findExecutable,
+  run,
+  startServe as startServeProcess,
+  stopProcess,
+} from '../../test-support/kernel.ts';
 import {
   freePort,
   type RegistryHandle,
@@ -45,26 +49,13 @@ interface Served {
 /** Starts `erofs-oci serve ARGS` on a unix socket in `dir` and waits until it listens. */
 async function startServe(dir: string, args: string[]): Promise<Served> {
   const socket = join(dir, `serve-${Math.random().toString(36).slice(2)}.sock`);
-  const child = spawn(nodeBinary, [cliEntry, 'serve', ...args, '--listen', `unix:${socket}`], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr?.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  for (let i = 0; i < 300 && !existsSync(socket); i++) {
-    if (child.exitCode !== null) throw new Error(`serve exited early: ${stderr}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  if (!existsSync(socket)) throw new Error(`serve did not listen: ${stderr}`);
-  return { child, socket, uri: `nbd+unix:///?socket=${socket}`, log: () => stderr };
+  const { child, log } = await startServeProcess(args, socket, 15_000);
+  return { child, socket, uri: `nbd+unix:///?socket=${socket}`, log };
 }
 
 /** Stops the server the way the mount machinery does (SIGTERM) and returns its exit status. */
 async function stop(served: Served): Promise<number | null> {
-  if (served.child.exitCode !== null) return served.child.exitCode;
-  served.child.kill('SIGTERM');
-  return new Promise((resolve) => served.child.once('exit', (code) => resolve(code)));
+  return stopProcess(served.child);
 }
 
 /** nbdcopy of the whole export into a file: its exit status and, when it succeeded, the copy's digest. */

@@ -13,12 +13,12 @@ import { gzipSync } from 'node:zlib';
 import {
   buildReproducible,
   check,
-  cliEntry,
   findExecutable,
   isRoot,
-  nodeBinary,
   runCli,
   snapshot,
+  startServe as startServeProcess,
+  stopProcess,
   type TmpDir,
   tmpdir,
   withMount,
@@ -56,28 +56,11 @@ function imageOf(layers: { mediaType: string; bytes: Buffer; diffId: string }[])
   );
 }
 
-/** Starts `erofs-oci serve` and waits until its socket exists. */
 async function startServe(args: string[], socket: string): Promise<ChildProcess> {
-  const child = spawn(nodeBinary, [cliEntry, 'serve', ...args, '--listen', `unix:${socket}`], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr?.on('data', (c: Buffer) => {
-    stderr += c.toString();
-  });
-  for (let i = 0; i < 200 && !existsSync(socket); i++) {
-    if (child.exitCode !== null) throw new Error(`serve exited early: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  if (!existsSync(socket)) throw new Error(`serve did not listen: ${stderr}`);
-  return child;
+  return (await startServeProcess(args, socket)).child;
 }
 
-async function stop(child: ChildProcess): Promise<number | null> {
-  if (child.exitCode !== null) return child.exitCode;
-  child.kill('SIGTERM');
-  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-}
+const stop = stopProcess;
 
 /** Reads the whole export with nbdcopy. */
 async function copyExport(socket: string, out: string): Promise<Buffer> {
