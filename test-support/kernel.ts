@@ -433,3 +433,32 @@ export async function stopProcess(child: ChildProcess): Promise<number | null> {
   child.kill('SIGTERM');
   return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
 }
+
+/** Mounts every image and the overlay of them all (first = bottom); calls `fn` with the overlay. */
+export async function withOverlay<T>(
+  images: string[],
+  fn: (dir: string) => Promise<T>,
+  lowers: string[] = [],
+): Promise<T> {
+  if (images.length === 0) {
+    const target = await mkdtemp(join(osTmpdir(), 'erofs-oci-ovl-'));
+    try {
+      await check('mount', [
+        '-t',
+        'overlay',
+        'overlay',
+        '-o',
+        `ro,lowerdir=${[...lowers].reverse().join(':')}`,
+        target,
+      ]);
+      try {
+        return await fn(target);
+      } finally {
+        await run('umount', [target]);
+      }
+    } finally {
+      await rmdir(target).catch(() => {});
+    }
+  }
+  return withMount(images[0] as string, (mnt) => withOverlay(images.slice(1), fn, [...lowers, mnt]));
+}

@@ -6,20 +6,18 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
-import { tmpdir as osTmpdir } from 'node:os';
+import { cp, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import {
   check,
   isRoot,
-  run,
   runCli,
   snapshot,
   type TmpDir,
   tmpdir,
-  withMount,
+  withOverlay,
 } from '../../test-support/kernel.ts';
 import { assertSameTree, buildExpected, generateLayers } from '../../test-support/oracle.ts';
 import {
@@ -50,35 +48,6 @@ async function blobPath(layout: string, digest: string) {
 
 async function readJson<T>(path: string): Promise<T> {
   return JSON.parse(await readFile(path, 'utf8')) as T;
-}
-
-/** Mounts every image and the overlay of them all (first = bottom); calls `fn` with the overlay. */
-async function withOverlay<T>(
-  images: string[],
-  fn: (dir: string) => Promise<T>,
-  lowers: string[] = [],
-): Promise<T> {
-  if (images.length === 0) {
-    const target = await mkdtemp(join(osTmpdir(), 'erofs-oci-ovl-'));
-    try {
-      await check('mount', [
-        '-t',
-        'overlay',
-        'overlay',
-        '-o',
-        `ro,lowerdir=${[...lowers].reverse().join(':')}`,
-        target,
-      ]);
-      try {
-        return await fn(target);
-      } finally {
-        await run('umount', [target]);
-      }
-    } finally {
-      await rmdir(target).catch(() => {});
-    }
-  }
-  return withMount(images[0] as string, (mnt) => withOverlay(images.slice(1), fn, [...lowers, mnt]));
 }
 
 describe('convert into OCI layouts', { skip }, () => {

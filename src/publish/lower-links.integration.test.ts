@@ -6,21 +6,19 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rmdir } from 'node:fs/promises';
-import { tmpdir as osTmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import {
   check,
   isRoot,
-  run,
   runCli,
   type Snapshot,
   snapshot,
   type TmpDir,
   tmpdir,
-  withMount,
+  withOverlay,
 } from '../../test-support/kernel.ts';
 import {
   assertSameTree,
@@ -33,35 +31,6 @@ import { skopeo } from '../../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../../test-support/registry-fixtures.ts';
 
 const skip = !isRoot() ? 'needs root to mount images' : undefined;
-
-/** Mounts every image and stacks them (first = bottom) read-only with overlayfs. */
-async function withOverlay<T>(
-  images: string[],
-  fn: (dir: string) => Promise<T>,
-  lowers: string[] = [],
-): Promise<T> {
-  if (images.length > 0) {
-    return withMount(images[0] as string, (mnt) => withOverlay(images.slice(1), fn, [...lowers, mnt]));
-  }
-  const target = await mkdtemp(join(osTmpdir(), 'erofs-oci-ovl-'));
-  try {
-    await check('mount', [
-      '-t',
-      'overlay',
-      'overlay',
-      '-o',
-      `ro,lowerdir=${[...lowers].reverse().join(':')}`,
-      target,
-    ]);
-    try {
-      return await fn(target);
-    } finally {
-      await run('umount', [target]);
-    }
-  } finally {
-    await rmdir(target).catch(() => {});
-  }
-}
 
 /**
  * The expected tree with each hardlink group split in two: the paths `upper` names (added by a layer that
