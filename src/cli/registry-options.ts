@@ -7,16 +7,21 @@ import type { ImageSource, LayerDescriptor } from '../oci/index.ts';
 import { openImageSource } from '../oci/index.ts';
 import type { CommandIo } from './io.ts';
 
-export const registryOptions = {
-  platform: { type: 'string' },
-  layer: { type: 'string' },
-  blob: { type: 'string' },
+/** How to reach a registry: credentials, TLS and timeouts (commands that pick no image take only these). */
+export const connectionOptions = {
   authfile: { type: 'string' },
   username: { type: 'string' },
   'password-stdin': { type: 'boolean' },
   insecure: { type: 'boolean' },
   'ca-file': { type: 'string' },
   timeout: { type: 'string' },
+} as const;
+
+export const registryOptions = {
+  platform: { type: 'string' },
+  layer: { type: 'string' },
+  blob: { type: 'string' },
+  ...connectionOptions,
 } as const;
 
 export const registryHelp = `Image options:

@@ -8,7 +8,7 @@ import type { RegistrySettings } from '../mount/state.ts';
 import { stateRoot } from '../mount/state.ts';
 import { startSnapshotterService } from '../snapshotter/service.ts';
 import type { CommandIo } from './io.ts';
-import { openImageFromOptions, type RegistryValues } from './registry-options.ts';
+import { connectionOptions, openImageFromOptions, type RegistryValues } from './registry-options.ts';
 
 const cli = fileURLToPath(new URL('../../bin/erofs-oci.js', import.meta.url));
 
@@ -65,12 +65,7 @@ export async function snapshotterCommand(args: string[], io: CommandIo): Promise
       'io-timeout': { type: 'string' },
       debug: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
-      authfile: { type: 'string' },
-      username: { type: 'string' },
-      'password-stdin': { type: 'boolean' },
-      insecure: { type: 'boolean' },
-      'ca-file': { type: 'string' },
-      timeout: { type: 'string' },
+      ...connectionOptions,
     },
   });
   if (values.help) {
