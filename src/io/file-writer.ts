@@ -126,11 +126,9 @@ export class FileWriter {
     writeAllSync(this.#fd, chunk, position);
   }
 
-  /** Synchronous: only after `settle()`. */
-  sync(): void {
-    if (this.#inFlight > 0) throw new ErofsOciError('internal', 'FileWriter.sync() with writes in flight');
-    this.flush();
-    if (this.#inFlight > 0) throw new ErofsOciError('internal', 'FileWriter.sync() needs settle() first');
+  /** Everything written so far is on stable storage. */
+  async sync(): Promise<void> {
+    await this.settle();
     fsyncSync(this.#fd);
   }
 
