@@ -224,6 +224,10 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
       assert.match(listed, new RegExp(`^${name}\\s`, 'm'));
     assert.match(listed, /^base\s+Committed/m);
     assert.match(listed, /^child-active\s+base\s+Active/m);
+    // ctr makes these snapshots without a lease: containerd's garbage collector, which every removal wakes,
+    // would collect the ones nothing references while the test still uses them. Roots are left alone.
+    for (const name of ['base', 'child-active', 'base-view'])
+      await ctr(['label', name, 'containerd.io/gc.root=test']);
     // A parent with children cannot go.
     await assert.rejects(ctr(['rm', 'base']), /precondition|child/i);
     await ctr(['rm', 'child-active']);
