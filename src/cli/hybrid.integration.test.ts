@@ -76,9 +76,11 @@ describe('hybrid device declared shorter than the gzip stream', { skip }, () => 
   let env: NodeJS.ProcessEnv;
   let tarBytes: Buffer;
   let gzPath: string;
+  let multiPath: string;
   let expected: Snapshot;
   let implicitDirs: string[];
   const ref = () => `${registry.host}/test/hybrid:v1`;
+  const multiRef = () => `${registry.host}/test/hybrid-multi:v1`;
 
   before(async () => {
     dir = await tmpdir();
@@ -88,6 +90,17 @@ describe('hybrid device declared shorter than the gzip stream', { skip }, () => 
     const gz = gzipSync(tarBytes);
     gzPath = join(dir.path, 'layer.tar.gz');
     await writeFile(gzPath, gz);
+    // The same tar as three gzip members, cut at odd offsets (as `cat a.gz b.gz` or a parallel
+    // compressor makes them): a valid gzip stream that our writer never produces.
+    const cuts = [0, 1_000_003, 2_500_001, tarBytes.byteLength];
+    assert.ok(tarBytes.byteLength > 3_000_000, 'every member holds part of the tar');
+    const multi = Buffer.concat(
+      cuts
+        .slice(1)
+        .map((end, i) => gzipSync(tarBytes.subarray(cuts[i] as number, end), { level: 1 + i * 4 })),
+    );
+    multiPath = join(dir.path, 'layer-multi.tar.gz');
+    await writeFile(multiPath, multi);
     const expectedDir = join(dir.path, 'expected');
     ({ implicitDirs } = await buildExpected(expectedDir, [layer as string], 'overlay'));
     expected = await snapshot(expectedDir);
@@ -103,8 +116,21 @@ describe('hybrid device declared shorter than the gzip stream', { skip }, () => 
       ],
       false,
     );
+    const multiLayout = join(dir.path, 'multi-layout');
+    await writeLayout(
+      multiLayout,
+      'v1',
+      [
+        imageOfBlobs(
+          [blobOf('application/vnd.oci.image.layer.v1.tar+gzip', multi)],
+          [`sha256:${sha256(tarBytes)}`],
+        ),
+      ],
+      false,
+    );
     registry = await startRegistry({ storageDir: join(dir.path, 'storage') });
     await skopeo(['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${ref()}`]);
+    await skopeo(['copy', '--dest-tls-verify=false', `oci:${multiLayout}:v1`, `docker://${multiRef()}`]);
   });
 
   after(async () => {
@@ -117,11 +143,11 @@ describe('hybrid device declared shorter than the gzip stream', { skip }, () => 
   });
 
   /** Mounts the layer from META and Z, reads every file (snapshot hashes each) and compares with the oracle. */
-  async function mountAndCompare(name: string, meta: string, zinfo: string): Promise<void> {
+  async function mountAndCompare(name: string, meta: string, zinfo: string, image = ref()): Promise<void> {
     const mnt = join(dir.path, `mnt-${name}`);
     await mkdir(mnt, { recursive: true });
     const mounted = await runCli(
-      ['mount', '--insecure', '--layer', '0', '--tarindex', meta, '--zinfo', zinfo, ref(), mnt],
+      ['mount', '--insecure', '--layer', '0', '--tarindex', meta, '--zinfo', zinfo, image, mnt],
       { env },
     );
     assert.equal(mounted.status, 0, mounted.stderr);
@@ -134,10 +160,10 @@ describe('hybrid device declared shorter than the gzip stream', { skip }, () => 
   }
 
   /** Serves META and Z over NBD and copies the export whole: META, then the declared part of the tar. */
-  async function serveAndCopy(name: string, meta: string, zinfo: string): Promise<void> {
+  async function serveAndCopy(name: string, meta: string, zinfo: string, image = ref()): Promise<void> {
     const socket = join(dir.path, `${name}.sock`);
     const server = await startServe(
-      ['--insecure', '--layer', '0', '--tarindex', meta, '--zinfo', zinfo, ref()],
+      ['--insecure', '--layer', '0', '--tarindex', meta, '--zinfo', zinfo, image],
       socket,
     );
     try {
@@ -175,6 +201,20 @@ describe('hybrid device declared shorter than the gzip stream', { skip }, () => 
     );
     await mountAndCompare('ours', meta, zinfo);
     await serveAndCopy('ours', meta, zinfo);
+  });
+
+  it('a gzip layer of several members: index, zinfo checkpoints across member boundaries, mount and serve', async () => {
+    const meta = join(dir.path, 'multi.meta');
+    const zinfo = join(dir.path, 'multi.zinfo');
+    // Small spans, so that checkpoints fall in every member and spans straddle the boundaries.
+    await build({
+      sources: [{ kind: 'tar', path: multiPath }],
+      mode: { kind: 'index', zinfo: { path: zinfo, span: 65536 } },
+      output: meta,
+      timestamp: 0,
+    });
+    await mountAndCompare('multi', meta, zinfo, multiRef());
+    await serveAndCopy('multi', meta, zinfo, multiRef());
   });
 
   const mkfs = mkfsErofs19();
