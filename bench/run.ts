@@ -28,6 +28,7 @@ import { benchMount } from './mount.ts';
 import { benchRegistryBuild } from './registry-build.ts';
 import { benchServe } from './serve.ts';
 import { benchVerified } from './verified.ts';
+import { benchVerifiedServe } from './verified-serve.ts';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const root = join(here, '..');
@@ -190,6 +191,15 @@ const suites: Record<string, () => void | Promise<void>> = {
       addRow: (row) => rows.push(['verified', ...row]),
       setResults: (value) => {
         results.verified = value;
+      },
+    }),
+  'verified-serve': () =>
+    benchVerifiedServe({
+      root,
+      benchDir,
+      addRow: (row) => rows.push(['verified-serve', ...row]),
+      setResults: (value) => {
+        results['verified-serve'] = value;
       },
     }),
 };

@@ -23,6 +23,7 @@ import {
   locateChunk,
 } from '../chunk-index/index.ts';
 import { CorruptInputError, ErofsOciError, raceAbort, throwIfAborted } from '../errors.ts';
+import { ReadaheadStreams } from '../io/block-cache/readahead.ts';
 import type { ByteSource, Closable, Lending, Loan, ReadOptions } from '../io/byte-source.ts';
 import type { ChunkStore } from './chunk-store.ts';
 
@@ -35,8 +36,13 @@ export interface VerifiedSourceOptions {
   memoryBytes?: number;
   /** Largest single range request when adjacent chunks are missing (default 8 MiB; one chunk at least). */
   maxRequestBytes?: number;
-  /** Chunks fetched ahead once reads go sequentially (default 2; 0 turns readahead off). */
+  /**
+   * Chunks fetched ahead of a read that continues a sequential stream, at first (default 2; 0 turns
+   * readahead off). The window doubles as the stream goes on, up to `maxReadaheadBytes`.
+   */
   readaheadChunks?: number;
+  /** The widest readahead window of one stream (default 16 MiB, at most a quarter of `memoryBytes`). */
+  maxReadaheadBytes?: number;
   /** Verified chunks kept on disk, re-checked when loaded. */
   store?: ChunkStore;
   log?: (line: string) => void;
@@ -82,8 +88,21 @@ export function openVerifiedSource(
   const maxRequestBytes = options.maxRequestBytes ?? 8 * 1024 * 1024;
   const log = options.log ?? (() => {});
   const readaheadChunks = options.readaheadChunks ?? 2;
-  /** The last chunk the previous read needed: a read starting there or right after it is sequential. */
-  let lastRead = -2;
+  const chunkBytes = chunks[0]?.uncompressedLength ?? 1;
+  /**
+   * Sequential streams, several at once (nbdcopy's connections each copy a region; a kernel mount reads
+   * several files), recognised by byte distance as in the block cache. The window starts at
+   * `readaheadChunks` and doubles per chunk crossed, within a quarter of the memory budget per stream so
+   * that chunks read ahead are not evicted before they are read.
+   */
+  const streams = new ReadaheadStreams();
+  const readaheadLimits = {
+    initial: readaheadChunks * chunkBytes,
+    max: Math.max(
+      readaheadChunks * chunkBytes,
+      Math.min(options.maxReadaheadBytes ?? 16 * 1024 * 1024, Math.floor(memoryBytes / 4)),
+    ),
+  };
   const stats: VerifiedStats = {
     verifiedChunks: 0,
     failedChunks: 0,
@@ -325,14 +344,21 @@ export function openVerifiedSource(
     throwIfAborted(readOptions.signal);
     const first = findChunk(index, offset);
     const last = findChunk(index, offset + length - 1);
-    const sequential = first === lastRead || first === lastRead + 1;
-    lastRead = last;
     const parts = chunkData(first, last, readOptions.signal);
-    if (sequential && readaheadChunks > 0 && last + 1 < chunks.length) {
-      // Fetched ahead without the reader's signal (it is not the reader's fetch) and without waiting;
-      // a failure there is not reported: the read that needs the chunk fetches it again.
-      const end = Math.min(chunks.length - 1, last + readaheadChunks);
-      chunkData(last + 1, end).catch(() => {});
+    const window =
+      readaheadChunks > 0 ? streams.advance(offset, offset + length, last, readaheadLimits) : 0;
+    if (window > 0 && last + 1 < chunks.length) {
+      const windowChunks = Math.max(1, Math.round(window / chunkBytes));
+      const end = Math.min(chunks.length - 1, last + windowChunks);
+      let missing = 0;
+      for (let i = last + 1; i <= end; i++) if (!memory.has(i) && !pending.has(i)) missing++;
+      // As the kernel's async readahead: refill once half the window is missing, in one go (few, large
+      // requests), not a chunk per read as the stream advances. Fetched without the reader's signal (it
+      // is not the reader's fetch) and without waiting; a failure there is not reported: the read that
+      // needs the chunk fetches it again.
+      if (missing > 0 && missing >= Math.max(1, Math.floor(windowChunks / 2))) {
+        chunkData(last + 1, end).catch(() => {});
+      }
     }
     return { first, parts: await parts };
   };
