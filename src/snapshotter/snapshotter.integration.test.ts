@@ -6,23 +6,28 @@
  * restarted while a read waits; removing the images and Cleanup leave no mount or process behind.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { gzipSync } from 'node:zlib';
 import {
   type ContainerdHandle,
   containerdUnavailableReason,
   copyRuntimeTree,
   criImageClient,
+  mountsUnder,
+  type RegistryTraffic,
+  registryTraffic,
+  type SnapshotterProcess,
   startContainerd,
+  startSnapshotter,
+  stopSnapshotter,
   tarOf,
 } from '../../test-support/containerd.ts';
-import { cliEntry, isRoot, nodeBinary, run, runCli, type TmpDir, tmpdir } from '../../test-support/kernel.ts';
+import { isRoot, run, runCli, type TmpDir, tmpdir } from '../../test-support/kernel.ts';
 import {
   type RegistryHandle,
   registryUnavailableReason,
@@ -40,84 +45,12 @@ const skip = !isRoot()
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 const ERofs_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.erofs';
 
-interface Snapshotter {
-  child: ChildProcess;
-  log: () => string;
-}
-
-async function startSnapshotter(dir: string): Promise<Snapshotter> {
-  const socket = join(dir, 'snapshotter.sock');
-  const logFile = join(dir, 'snapshotter.log');
-  const child = spawn(
-    nodeBinary,
-    [
-      cliEntry,
-      'snapshotter',
-      '--address',
-      `unix:${socket}`,
-      '--root',
-      join(dir, 'sn-root'),
-      '--state-dir',
-      join(dir, 'sn-state'),
-      '--insecure',
-      '--io-timeout',
-      '120',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let log = '';
-  const keep = (chunk: Buffer) => {
-    log += chunk.toString();
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  const deadline = Date.now() + 30_000;
-  while (!/serving unix:/.test(log)) {
-    if (child.exitCode !== null) throw new Error(`the snapshotter exited: ${log}`);
-    if (Date.now() > deadline) throw new Error(`the snapshotter did not start: ${log}`);
-    await sleep(50);
-  }
-  void logFile;
-  return { child, log: () => log };
-}
-
-async function stopSnapshotter(snapshotter: Snapshotter, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (snapshotter.child.exitCode !== null || snapshotter.child.signalCode !== null) return;
-  const gone = new Promise<void>((resolve) => snapshotter.child.once('exit', () => resolve()));
-  snapshotter.child.kill(signal);
-  await gone;
-}
-
-/** Mount points under `dir` from /proc/self/mountinfo, with their filesystem types. */
-async function mountsUnder(dir: string): Promise<{ path: string; type: string; source: string }[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  const found = [];
-  for (const line of text.split('\n')) {
-    const fields = line.split(' ');
-    const path = fields[4];
-    const dash = fields.indexOf('-');
-    if (path?.startsWith(dir))
-      found.push({ path, type: fields[dash + 1] ?? '', source: fields[dash + 2] ?? '' });
-  }
-  return found;
-}
-
-/** Blob bytes the registry sent, per digest, from its access log. */
-function blobBytesSent(registry: RegistryHandle): Map<string, number> {
-  const sent = new Map<string, number>();
-  for (const line of registry.logs().split('\n')) {
-    const uri = /http\.request\.uri="[^"]*\/blobs\/(sha256:[0-9a-f]{64})"/.exec(line);
-    const written = /http\.response\.written=(\d+)/.exec(line);
-    if (uri && written) sent.set(uri[1] as string, (sent.get(uri[1] as string) ?? 0) + Number(written[1]));
-  }
-  return sent;
-}
-
 describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, () => {
   let dir: TmpDir;
   let registry: RegistryHandle;
   let containerd: ContainerdHandle;
-  let snapshotter: Snapshotter;
+  let snapshotter: SnapshotterProcess;
+  let traffic: RegistryTraffic;
   let big: Buffer;
   let erofsLayers: { digest: string; size: number }[] = [];
   const gzipRef = () => `${registry.host}/test/run:gzip`;
@@ -128,6 +61,7 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
   before(async () => {
     dir = await tmpdir('erofs-oci-snapshotter-');
     registry = await startRegistry({ storageDir: join(dir.path, 'storage') });
+    traffic = registryTraffic(registry);
     // Three layers: the host's sh and cat, a file, and a file beside a big incompressible one.
     const trees = [join(dir.path, 't0'), join(dir.path, 't1'), join(dir.path, 't2')];
     await copyRuntimeTree(trees[0] as string);
@@ -260,10 +194,10 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
   it('a CRI pull of an EROFS-native image mounts its layers lazily and downloads none of them', async () => {
     const cri = criImageClient(containerd.address);
     try {
-      const before = blobBytesSent(registry);
+      const before = traffic.blobs();
       const imageRef = await cri.pullImage(erofsRef());
       assert.match(imageRef, /^sha256:/);
-      const sent = blobBytesSent(registry);
+      const sent = traffic.blobs();
       const layerBytes = erofsLayers.reduce((sum, l) => sum + l.size, 0);
       const fetched = erofsLayers.reduce(
         (sum, l) => sum + (sent.get(l.digest) ?? 0) - (before.get(l.digest) ?? 0),
@@ -290,7 +224,7 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
       { namespace: 'k8s.io' },
     );
     assert.equal(out, expectedOutput);
-    const sent = blobBytesSent(registry);
+    const sent = traffic.blobs();
     const layerBytes = erofsLayers.reduce((sum, l) => sum + l.size, 0);
     const fetched = erofsLayers.reduce((sum, l) => sum + (sent.get(l.digest) ?? 0), 0);
     assert.ok(fetched < layerBytes / 2, `after the run: fetched ${fetched} of ${layerBytes} layer bytes`);
