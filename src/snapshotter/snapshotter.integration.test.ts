@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -35,6 +35,7 @@ import {
   startRegistry,
 } from '../../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../../test-support/registry-fixtures.ts';
+import { parseRange } from '../chunk-index/index.ts';
 
 const skip = !isRoot()
   ? 'needs root'
@@ -55,6 +56,7 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
   let erofsLayers: { digest: string; size: number }[] = [];
   const gzipRef = () => `${registry.host}/test/run:gzip`;
   const erofsRef = () => `${registry.host}/test/run:erofs`;
+  const tamperedRef = () => `${registry.host}/test/tampered:erofs`;
   const snapshotterRoot = () => join(dir.path, 'sn-root');
   const expectedOutput = 'one\ntwo\n';
 
@@ -94,6 +96,39 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     assert.equal(converted.status, 0, converted.stderr);
     const summary = JSON.parse(converted.stdout) as { layers: { digest: string; size: number }[] };
     erofsLayers = summary.layers;
+    // A second image: the same runtime layer under a layer of its own, whose chunk index a test tampers with.
+    const own = join(dir.path, 't3');
+    await mkdir(join(own, 'etc'), { recursive: true });
+    await writeFile(join(own, 'etc', 'own.txt'), 'own\n');
+    await writeFile(join(own, 'etc', 'filler.bin'), randomBytes(3 * 1024 * 1024));
+    const ownTars = [
+      await tarOf(trees[0] as string, join(dir.path, 'layer-0.tar')),
+      await tarOf(own, join(dir.path, 'layer-3.tar')),
+    ];
+    const ownLayout = join(dir.path, 'layout-own');
+    await writeLayout(
+      ownLayout,
+      'gzip',
+      [
+        imageOfBlobs(
+          ownTars.map((tar) => blobOf('application/vnd.oci.image.layer.v1.tar+gzip', gzipSync(tar))),
+          ownTars.map((tar) => `sha256:${sha256(tar)}`),
+        ),
+      ],
+      false,
+    );
+    const ownGzip = `${registry.host}/test/tampered:gzip`;
+    await skopeo(['copy', '--dest-tls-verify=false', `oci:${ownLayout}:gzip`, `docker://${ownGzip}`]);
+    const ownConverted = await runCli([
+      'convert',
+      '--quiet',
+      '--insecure',
+      '--media-type',
+      ERofs_MEDIA_TYPE,
+      ownGzip,
+      tamperedRef(),
+    ]);
+    assert.equal(ownConverted.status, 0, ownConverted.stderr);
     snapshotter = await startSnapshotter(dir.path);
     containerd = await startContainerd({
       dir: join(dir.path, 'containerd'),
@@ -104,7 +139,7 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
 
   after(async () => {
     for (const ns of ['default', 'k8s.io']) {
-      for (const id of ['gz1', 'lazy1', 'lazy2']) {
+      for (const id of ['gz1', 'lazy1', 'lazy2', 'lazy3']) {
         await containerd?.ctr(['task', 'kill', '-s', 'SIGKILL', id], { namespace: ns }).catch(() => '');
         await containerd?.ctr(['container', 'rm', id], { namespace: ns }).catch(() => '');
       }
@@ -267,6 +302,74 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     );
     assert.equal(out, expectedOutput);
     assert.match(snapshotter.log(), /reattached|new serving process/);
+  });
+
+  it('a layer whose chunk index does not match its digest annotation is refused, never mounted; the pull fails clearly', async () => {
+    const manifest = JSON.parse(
+      await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${tamperedRef()}`]),
+    ) as { layers: { digest: string; annotations?: Record<string, string> }[] };
+    const layer = manifest.layers[1];
+    const rangeText = layer?.annotations?.['org.erofs.chunk-index.range'];
+    assert.ok(layer && rangeText, 'convert embeds a chunk index in every layer');
+    assert.ok(!erofsLayers.some((l) => l.digest === layer.digest), 'the tampered layer is its own blob');
+    // One byte of the embedded index flipped in the registry's storage: the registry still serves it.
+    const hex = layer.digest.slice('sha256:'.length);
+    const blob = join(dir.path, 'storage/docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
+    const flip = async () => {
+      const handle = await open(blob, 'r+');
+      try {
+        const offset = parseRange(rangeText).offset + 40;
+        const byte = Buffer.alloc(1);
+        await handle.read(byte, 0, 1, offset);
+        await handle.write(Buffer.from([(byte[0] as number) ^ 0x55]), 0, 1, offset);
+      } finally {
+        await handle.close();
+      }
+    };
+    const layersDir = join(snapshotterRoot(), 'layers');
+    const mountedBefore = (await mountsUnder(layersDir)).length;
+    const recordsBefore = (await readdir(join(dir.path, 'sn-state'))).filter((n) => n.startsWith('mount-'));
+    const cri = criImageClient(containerd.address);
+    await flip();
+    try {
+      await assert.rejects(cri.pullImage(tamperedRef()), (error: Error) => {
+        assert.match(error.message, /chunk index refused/);
+        assert.ok(error.message.includes(layer.digest), error.message);
+        return true;
+      });
+      // Nothing of the refused layer stays: no mount, no record, no snapshot naming it.
+      assert.equal((await mountsUnder(layersDir)).length, mountedBefore);
+      assert.deepEqual(
+        (await readdir(join(dir.path, 'sn-state'))).filter((n) => n.startsWith('mount-')),
+        recordsBefore,
+      );
+      assert.match(snapshotter.log(), /chunk index refused/);
+    } finally {
+      await flip();
+    }
+    // The same layer, intact again, mounts lazily and runs: the refusal left nothing broken behind.
+    try {
+      await cri.pullImage(tamperedRef());
+      assert.equal((await mountsUnder(layersDir)).length, mountedBefore + 1);
+      const out = await containerd.ctr(
+        [
+          'run',
+          '--rm',
+          '--snapshotter',
+          'erofs-oci',
+          tamperedRef(),
+          'lazy3',
+          '/bin/sh',
+          '-c',
+          'cat /etc/own.txt',
+        ],
+        { namespace: 'k8s.io' },
+      );
+      assert.equal(out, 'own\n');
+      await cri.removeImage(tamperedRef());
+    } finally {
+      cri.close();
+    }
   });
 
   it('removing the images and Cleanup leave no lazy mount, process or directory behind', async () => {
