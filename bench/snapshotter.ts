@@ -15,7 +15,8 @@
  *
  * Environment: BENCH_SNAPSHOTTER_SMALL_FILES (6000, in the first data layer; half that in the second),
  * BENCH_SNAPSHOTTER_LARGE_MIB (64: one large file in the first data layer, two in the second),
- * BENCH_SNAPSHOTTER_RUNS (3; the best run of each is reported, every run is in results.json).
+ * BENCH_SNAPSHOTTER_RUNS (3; the best run of each is reported, every run is in results.json),
+ * BENCH_SNAPSHOTTER_LOG=1 (print the snapshotter's log of each run, with its timestamps).
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -237,6 +238,7 @@ export async function benchSnapshotter(ctx: SnapshotterSuiteContext): Promise<vo
         await containerd.stop();
         if (snapshotter) {
           await stopSnapshotter(snapshotter);
+          if (process.env.BENCH_SNAPSHOTTER_LOG) process.stderr.write(snapshotter.log());
           // Lazy layers stay mounted past the snapshotter (by design): unmount them as `erofs-oci umount`.
           const layers = join(d, 'sn-root', 'layers');
           for (const name of existsSync(layers) ? await readdir(layers) : []) {

@@ -11,6 +11,7 @@
  * mounting, unmounting and reviving the same layer.
  */
 import { createHash } from 'node:crypto';
+import { statfs } from 'node:fs/promises';
 import { ErofsOciError } from '../errors.ts';
 import { type ImageSource, type LayerDescriptor, parseSourceReference } from '../oci/index.ts';
 import type { LazyLayers } from './lazy-layers.ts';
@@ -87,8 +88,17 @@ export class LazyRemote implements RemoteLayers {
       if (raced) return raced.name;
       const row = await this.#acquire(layer, source, manifestDigest);
       const name = this.#store.get(target) ? `${target}@${hash(parent)}` : target;
+      const usage = await layerUsage(this.#options.lazy.mountpoint(row));
       this.#store.transaction(() =>
-        this.#store.insert({ name, parent, kind: 'committed', labels, now: Date.now(), layerId: row.id }),
+        this.#store.insert({
+          name,
+          parent,
+          kind: 'committed',
+          labels,
+          now: Date.now(),
+          layerId: row.id,
+          usage,
+        }),
       );
       this.#options.log(`layer ${layer.digest} of ${imageRef}: committed lazily as ${name}`);
       return name;
@@ -222,6 +232,16 @@ export class LazyRemote implements RemoteLayers {
       if (this.#locks.get(key) === current) this.#locks.delete(key);
     }
   }
+}
+
+/**
+ * What a lazy layer holds, from its filesystem's statfs (no tree walk, so nothing is fetched): the image's
+ * size and its inode count (EROFS reports f_files - f_ffree = its inodes). Bytes on this host are fewer:
+ * only what reads have fetched is cached.
+ */
+async function layerUsage(mountpoint: string): Promise<{ size: number; inodes: number }> {
+  const st = await statfs(mountpoint, { bigint: true });
+  return { size: Number(st.blocks * st.bsize), inodes: Number(st.files - st.ffree) };
 }
 
 function isCode(error: unknown): error is ErofsOciError {

@@ -265,6 +265,48 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     assert.ok(fetched < layerBytes / 2, `after the run: fetched ${fetched} of ${layerBytes} layer bytes`);
   });
 
+  it('a view of the lazily committed image reads every layer; usage reports each lazy layer without fetching', async () => {
+    const ctr = (args: string[]) =>
+      containerd.ctr(['snapshots', '--snapshotter', 'erofs-oci', ...args], { namespace: 'k8s.io' });
+    const rows = (await ctr(['ls']))
+      .trim()
+      .split('\n')
+      .slice(1)
+      .map((line) => line.trim().split(/\s+/));
+    const committed = rows.filter((r) => r.at(-1) === 'Committed');
+    assert.equal(committed.length, erofsLayers.length, JSON.stringify(rows));
+    const parents = new Set(committed.map((r) => (r.length === 3 ? r[1] : '')));
+    const top = committed.find((r) => !parents.has(r[0] as string))?.[0] as string;
+    const sentBefore = traffic.total();
+    // Usage of a lazy layer comes from its filesystem's statfs: the image's size and inode count. Layer 1
+    // holds /, /etc and one.txt; layer 2 holds /, /data, two.txt and big.bin.
+    const usage = (await ctr(['usage']))
+      .trim()
+      .split('\n')
+      .slice(1)
+      .map((line) => line.trim().split(/\s+/));
+    const inodes = usage.map((r) => Number(r.at(-1)));
+    assert.ok(inodes.includes(3) && inodes.includes(4), JSON.stringify(usage));
+    for (const r of usage) assert.doesNotMatch(r[1] ?? '', /^0(\.0)?$/, `usage ${r.join(' ')}`);
+    assert.equal(traffic.total(), sentBefore, 'usage fetched nothing');
+    await ctr(['view', 'lazy-view', top]);
+    await ctr(['label', 'lazy-view', 'containerd.io/gc.root=test']);
+    const target = join(dir.path, 'mnt-view');
+    await mkdir(target, { recursive: true });
+    const mount = (await ctr(['mounts', target, 'lazy-view'])).trim();
+    assert.match(mount, /-t overlay .*lowerdir=[^ ]*\/layers\/\d+:/);
+    await run('sh', ['-c', mount]);
+    try {
+      assert.equal(await readFile(join(target, 'etc', 'one.txt'), 'utf8'), 'one\n');
+      assert.equal(await readFile(join(target, 'data', 'two.txt'), 'utf8'), 'two\n');
+      assert.ok(existsSync(join(target, 'bin', 'sh')));
+      await assert.rejects(writeFile(join(target, 'new.txt'), 'no'), /EROFS|read-only/i);
+    } finally {
+      await run('umount', [target]);
+    }
+    await ctr(['rm', 'lazy-view']);
+  });
+
   it('a killed snapshotter and its serving processes come back: a waiting read completes', async () => {
     const records = await readdir(join(dir.path, 'sn-state'));
     const serverPids = new Set<number>();
