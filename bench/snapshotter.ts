@@ -16,12 +16,15 @@
  * Environment: BENCH_SNAPSHOTTER_SMALL_FILES (6000, in the first data layer; half that in the second),
  * BENCH_SNAPSHOTTER_LARGE_MIB (64: one large file in the first data layer, two in the second),
  * BENCH_SNAPSHOTTER_RUNS (3; the best run of each is reported, every run is in results.json),
+ * BENCH_SNAPSHOTTER_MBIT (100: after the loopback runs, the same runs through a proxy shaping what the
+ * registry sends to this rate, as a node's link to a registry elsewhere would; 0: loopback only),
  * BENCH_SNAPSHOTTER_LOG=1 (print the snapshotter's log of each run, with its timestamps).
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -101,6 +104,49 @@ function runContainer(args: string[], started: number): Promise<{ first: number;
   });
 }
 
+/**
+ * A TCP proxy to the registry on 127.0.0.1:`port` that sends the registry's answers on at `bytesPerSecond`
+ * in all (one link shared by every connection, as a node's uplink is); requests pass unshaped.
+ */
+async function startShapingProxy(
+  port: number,
+  bytesPerSecond: number,
+): Promise<{ host: string; stop(): Promise<void> }> {
+  let nextFree = performance.now();
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(port, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.on('data', (chunk: Buffer) => {
+      const now = performance.now();
+      nextFree = Math.max(nextFree, now) + (chunk.length / bytesPerSecond) * 1000;
+      upstream.pause();
+      setTimeout(() => {
+        client.write(chunk);
+        upstream.resume();
+      }, nextFree - now);
+    });
+    upstream.on('end', () => setTimeout(() => client.end(), Math.max(0, nextFree - performance.now()) + 1));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address() as AddressInfo;
+  return {
+    host: `127.0.0.1:${address.port}`,
+    stop: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 /** A cached generated tar of make-tar.py, gzipped beside it. */
 async function dataLayer(
   ctx: SnapshotterSuiteContext,
@@ -143,6 +189,8 @@ export async function benchSnapshotter(ctx: SnapshotterSuiteContext): Promise<vo
   const small = Number(process.env.BENCH_SNAPSHOTTER_SMALL_FILES ?? 6000);
   const largeMiB = Number(process.env.BENCH_SNAPSHOTTER_LARGE_MIB ?? 64);
   const runs = Number(process.env.BENCH_SNAPSHOTTER_RUNS ?? 3);
+  const mbitText = process.env.BENCH_SNAPSHOTTER_MBIT ?? '100';
+  const mbitLimit = mbitText === '0' ? undefined : Number(mbitText);
   await mkdir(ctx.benchDir, { recursive: true });
   const cli = join(ctx.root, 'bin', 'erofs-oci.js');
   const work = await mkdtemp(join(tmpdir(), 'erofs-oci-bench-snapshotter-'));
@@ -195,18 +243,18 @@ export async function benchSnapshotter(ctx: SnapshotterSuiteContext): Promise<vo
     const command = `cat /usr/share/pkg001/L1-file-000001.txt /usr/share/pkg002/L2-file-000002.txt > /dev/null && cat /etc/app.txt`;
 
     let serial = 0;
-    const once = async (kind: 'ours' | 'overlayfs'): Promise<Run> => {
+    const once = async (kind: 'ours' | 'overlayfs', host: string): Promise<Run> => {
       const d = join(work, `run-${++serial}-${kind}`);
       await mkdir(d);
       const snapshotter = kind === 'ours' ? await startSnapshotter(d) : undefined;
       const containerd = await startContainerd({
         dir: join(d, 'containerd'),
         snapshotterSocket: join(d, 'snapshotter.sock'),
-        plainHttpRegistries: [registry.host],
+        plainHttpRegistries: [host],
         criSnapshotter: kind === 'ours' ? 'erofs-oci' : 'overlayfs',
       });
       const cri = criImageClient(containerd.address);
-      const ref = kind === 'ours' ? erofsRef : gzipRef;
+      const ref = `${host}/bench/snapshotter:${kind === 'ours' ? 'erofs' : 'gzip'}`;
       try {
         await dropCaches();
         const before = traffic.total();
@@ -254,39 +302,59 @@ export async function benchSnapshotter(ctx: SnapshotterSuiteContext): Promise<vo
       }
     };
 
-    const all: Record<'ours' | 'overlayfs', Run[]> = { ours: [], overlayfs: [] };
-    for (let r = 0; r < runs; r++) {
-      // Alternating, so that a busy spell on the shared machine does not fall on one side only.
-      all.ours.push(await once('ours'));
-      all.overlayfs.push(await once('overlayfs'));
-    }
-    const best = (list: Run[]) => list.reduce((a, b) => (b.firstOutput < a.firstOutput ? b : a));
-    const ours = best(all.ours);
-    const theirs = best(all.overlayfs);
     const fmt = (s: number) => s.toFixed(2);
     const mbFetched = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB fetched`;
-    ctx.addRow([
-      `overlayfs, CRI pull of the gzip image (${(gzipBytes / 1e6).toFixed(0)} MB of blobs)`,
-      fmt(theirs.pull),
-      '',
-      '',
-      mbFetched(theirs.bytes),
-    ]);
-    ctx.addRow(['overlayfs: pull start to first output', fmt(theirs.firstOutput), '', '', '']);
-    ctx.addRow([
-      `erofs-oci snapshotter, CRI pull of the EROFS image (${(erofsBytes / 1e6).toFixed(0)} MB of blobs)`,
-      fmt(ours.pull),
-      '',
-      '',
-      mbFetched(ours.bytes),
-    ]);
-    ctx.addRow([
-      'erofs-oci snapshotter: pull start to first output',
-      fmt(ours.firstOutput),
-      '',
-      '',
-      `${(theirs.firstOutput / ours.firstOutput).toFixed(1)}× faster than overlayfs; ${((100 * ours.bytes) / theirs.bytes).toFixed(1)}% of its bytes`,
-    ]);
+    const links: Record<string, unknown> = {};
+    // The registry on loopback, then behind a proxy that shapes what it sends to BENCH_SNAPSHOTTER_MBIT.
+    for (const mbit of [0, mbitLimit]) {
+      if (mbit === undefined) continue;
+      const proxy = mbit === 0 ? undefined : await startShapingProxy(registry.port, (mbit * 1e6) / 8);
+      const host = proxy?.host ?? registry.host;
+      const link = mbit === 0 ? 'loopback' : `${mbit} Mbit/s`;
+      try {
+        const all: Record<'ours' | 'overlayfs', Run[]> = { ours: [], overlayfs: [] };
+        for (let r = 0; r < runs; r++) {
+          // Alternating, so that a busy spell on the shared machine does not fall on one side only.
+          all.ours.push(await once('ours', host));
+          all.overlayfs.push(await once('overlayfs', host));
+        }
+        const best = (list: Run[]) => list.reduce((a, b) => (b.firstOutput < a.firstOutput ? b : a));
+        const ours = best(all.ours);
+        const theirs = best(all.overlayfs);
+        ctx.addRow([
+          `${link}: overlayfs, CRI pull of the gzip image (${(gzipBytes / 1e6).toFixed(0)} MB of blobs)`,
+          fmt(theirs.pull),
+          '',
+          '',
+          mbFetched(theirs.bytes),
+        ]);
+        ctx.addRow([`${link}: overlayfs: pull start to first output`, fmt(theirs.firstOutput), '', '', '']);
+        ctx.addRow([
+          `${link}: erofs-oci snapshotter, CRI pull of the EROFS image (${(erofsBytes / 1e6).toFixed(0)} MB of blobs)`,
+          fmt(ours.pull),
+          '',
+          '',
+          mbFetched(ours.bytes),
+        ]);
+        ctx.addRow([
+          `${link}: erofs-oci snapshotter: pull start to first output`,
+          fmt(ours.firstOutput),
+          '',
+          '',
+          `${theirs.firstOutput >= ours.firstOutput ? `${(theirs.firstOutput / ours.firstOutput).toFixed(1)}× sooner` : `${(ours.firstOutput / theirs.firstOutput).toFixed(1)}× later`} than overlayfs; ${((100 * ours.bytes) / theirs.bytes).toFixed(1)}% of its bytes`,
+        ]);
+        links[link] = {
+          ours: { best: ours, all: all.ours },
+          overlayfs: { best: theirs, all: all.overlayfs },
+          ratios: {
+            firstOutputSpeedup: theirs.firstOutput / ours.firstOutput,
+            bytesFraction: ours.bytes / theirs.bytes,
+          },
+        };
+      } finally {
+        await proxy?.stop();
+      }
+    }
     ctx.addRow([
       'convert (once, when publishing; not in the figures above)',
       fmt(convertSeconds),
@@ -303,12 +371,7 @@ export async function benchSnapshotter(ctx: SnapshotterSuiteContext): Promise<vo
       runs,
       command,
       convertSeconds,
-      ours: { best: ours, all: all.ours },
-      overlayfs: { best: theirs, all: all.overlayfs },
-      ratios: {
-        firstOutputSpeedup: theirs.firstOutput / ours.firstOutput,
-        bytesFraction: ours.bytes / theirs.bytes,
-      },
+      links,
     });
   } finally {
     await registry.stop();

@@ -24,6 +24,8 @@ export const LABEL_CRI_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest';
 
 /** Manifests remembered per pinned image: CRI prepares an image's layers one after another. */
 const MANIFEST_CACHE_ENTRIES = 32;
+/** Layers of one image mounted side by side ahead of their Prepare (two processes start for each). */
+const PREMOUNT_PARALLEL = 3;
 
 export interface LazyRemoteOptions {
   snapshotter: Snapshotter;
@@ -48,6 +50,8 @@ export class LazyRemote implements RemoteLayers {
   readonly #options: LazyRemoteOptions;
   readonly #locks = new Map<string, Promise<unknown>>();
   readonly #manifests = new Map<string, Promise<LayerDescriptor[]>>();
+  /** Manifests whose layers have been premounted. */
+  readonly #premounted = new Set<string>();
 
   constructor(options: LazyRemoteOptions) {
     this.#options = options;
@@ -72,17 +76,26 @@ export class LazyRemote implements RemoteLayers {
     if (existing) return existing.name;
     const source = pinnedReference(imageRef, manifestDigest);
     if (source === undefined) return undefined;
-    let descriptor: LayerDescriptor | undefined;
+    let layers: LayerDescriptor[];
     try {
-      descriptor = (await this.#layersOf(source)).find((l) => l.digest === layerDigest);
+      layers = await this.#layersOf(source);
     } catch (error) {
       this.#options.log(
         `${source}: cannot read the manifest, containerd unpacks ${layerDigest}: ${(error as Error).message}`,
       );
       return undefined;
     }
+    const descriptor = layers.find((l) => l.digest === layerDigest);
     if (descriptor?.format.kind !== 'erofs') return undefined;
+    if (descriptor.chunkIndex !== undefined) {
+      // Its index is a manifest entry of its own, which containerd would count as a layer of the image.
+      throw new ErofsOciError(
+        'unsupported',
+        `layer ${layerDigest} of ${source} has a standalone chunk-index layer, which containerd cannot pull`,
+      );
+    }
     const layer = descriptor;
+    this.#premount(layers, source, manifestDigest, layerDigest);
     return this.#locked(layerDigest, async () => {
       const raced = this.#findTarget(target, parent);
       if (raced) return raced.name;
@@ -151,6 +164,40 @@ export class LazyRemote implements RemoteLayers {
         this.#options.log(`layer ${layer.digest}: cannot revive: ${(error as Error).message}`);
       }
     }
+  }
+
+  /**
+   * CRI prepares an image's layers one after another, each waiting for the one before; mounting a layer
+   * is mostly starting its processes. So at the first layer of an image, every other EROFS layer of it
+   * not mounted yet starts mounting too (PREMOUNT_PARALLEL at a time, each under its digest's lock): the
+   * Prepare of each then finds its layer mounted or on its way. A layer premounted but never committed
+   * (an abandoned pull) has no users, and Cleanup unmounts it.
+   */
+  #premount(layers: LayerDescriptor[], source: string, manifestDigest: string, current: string): void {
+    if (this.#premounted.has(manifestDigest)) return;
+    this.#premounted.add(manifestDigest);
+    if (this.#premounted.size > MANIFEST_CACHE_ENTRIES)
+      this.#premounted.delete(this.#premounted.values().next().value as string);
+    const queue = layers.filter(
+      (l) =>
+        l.digest !== current &&
+        l.format.kind === 'erofs' &&
+        l.chunkIndex === undefined &&
+        this.#store.layer(l.digest) === undefined,
+    );
+    const worker = async () => {
+      for (let next = queue.shift(); next; next = queue.shift()) {
+        const layer = next;
+        await this.#locked(layer.digest, async () => {
+          if (this.#store.layer(layer.digest)) return;
+          await this.#acquire(layer, source, manifestDigest);
+        }).catch((error: unknown) => {
+          // Its own Prepare tries again and reports the error to containerd.
+          this.#options.log(`layer ${layer.digest}: premount failed: ${(error as Error).message}`);
+        });
+      }
+    };
+    for (let i = 0; i < PREMOUNT_PARALLEL; i++) void worker();
   }
 
   #findTarget(target: string, parent: string): SnapshotRow | undefined {
