@@ -310,13 +310,22 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
   it('a killed snapshotter and its serving processes come back: a waiting read completes', async () => {
     const records = await readdir(join(dir.path, 'sn-state'));
     const serverPids = new Set<number>();
+    const holderPids = new Set<number>();
+    let recordedLayers = 0;
     for (const name of records.filter((n) => n.startsWith('mount-'))) {
       const record = JSON.parse(await readFile(join(dir.path, 'sn-state', name, 'record.json'), 'utf8')) as {
-        layers: { serverPid: number }[];
+        layers: { serverPid: number; devicePid: number }[];
       };
-      for (const layer of record.layers) serverPids.add(layer.serverPid);
+      recordedLayers += record.layers.length;
+      for (const layer of record.layers) {
+        serverPids.add(layer.serverPid);
+        holderPids.add(layer.devicePid);
+      }
     }
-    assert.equal(serverPids.size, erofsLayers.length);
+    // The image's layers were mounted together: one serving process and one device holder for all three.
+    assert.equal(recordedLayers, erofsLayers.length);
+    assert.equal(serverPids.size, 1);
+    assert.equal(holderPids.size, 1);
     await stopSnapshotter(snapshotter, 'SIGKILL');
     for (const pid of serverPids) process.kill(pid, 'SIGKILL');
     // The big file has not been read yet: reading it needs a serving process, which is gone.
@@ -445,5 +454,6 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     );
     const snapshots = await readdir(join(snapshotterRoot(), 'snapshots'));
     assert.deepEqual(snapshots, [], 'every snapshot directory is gone');
+    assert.deepEqual(await readdir(join(snapshotterRoot(), 'layers')), [], 'every layer directory is gone');
   });
 });
