@@ -96,14 +96,19 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     assert.equal(converted.status, 0, converted.stderr);
     const summary = JSON.parse(converted.stdout) as { layers: { digest: string; size: number }[] };
     erofsLayers = summary.layers;
-    // A second image: the same runtime layer under a layer of its own, whose chunk index a test tampers with.
+    // A second image: the same runtime layer under two layers of its own; a test tampers with the chunk
+    // index of the top one.
     const own = join(dir.path, 't3');
     await mkdir(join(own, 'etc'), { recursive: true });
     await writeFile(join(own, 'etc', 'own.txt'), 'own\n');
-    await writeFile(join(own, 'etc', 'filler.bin'), randomBytes(3 * 1024 * 1024));
+    const ownTop = join(dir.path, 't4');
+    await mkdir(join(ownTop, 'etc'), { recursive: true });
+    await writeFile(join(ownTop, 'etc', 'top.txt'), 'top\n');
+    await writeFile(join(ownTop, 'etc', 'filler.bin'), randomBytes(3 * 1024 * 1024));
     const ownTars = [
       await tarOf(trees[0] as string, join(dir.path, 'layer-0.tar')),
       await tarOf(own, join(dir.path, 'layer-3.tar')),
+      await tarOf(ownTop, join(dir.path, 'layer-4.tar')),
     ];
     const ownLayout = join(dir.path, 'layout-own');
     await writeLayout(
@@ -355,11 +360,12 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     assert.match(snapshotter.log(), /reattached|new serving process/);
   });
 
-  it('a layer whose chunk index does not match its digest annotation is refused, never mounted; the pull fails clearly', async () => {
+  it('a layer whose chunk index does not match its digest annotation is refused, never mounted; the pull fails clearly, the good layer beside it mounts alone', async () => {
     const manifest = JSON.parse(
       await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${tamperedRef()}`]),
     ) as { layers: { digest: string; annotations?: Record<string, string> }[] };
-    const layer = manifest.layers[1];
+    const layer = manifest.layers[2];
+    const good = manifest.layers[1] as { digest: string };
     const rangeText = layer?.annotations?.['org.erofs.chunk-index.range'];
     assert.ok(layer && rangeText, 'convert embeds a chunk index in every layer');
     assert.ok(!erofsLayers.some((l) => l.digest === layer.digest), 'the tampered layer is its own blob');
@@ -388,20 +394,34 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
         assert.ok(error.message.includes(layer.digest), error.message);
         return true;
       });
-      // Nothing of the refused layer stays: no mount, no record, no snapshot naming it.
-      assert.equal((await mountsUnder(layersDir)).length, mountedBefore);
-      assert.deepEqual(
-        (await readdir(join(dir.path, 'sn-state'))).filter((n) => n.startsWith('mount-')),
-        recordsBefore,
+      // Mounting both new layers together failed on the bad one; the good one below it was then mounted
+      // alone and committed.
+      assert.match(snapshotter.log(), /mounting 2 layers together failed, each is mounted alone/);
+      assert.ok(
+        snapshotter.log().includes(`layer ${good.digest} of ${tamperedRef()}: committed lazily`),
+        snapshotter.log(),
       );
       assert.match(snapshotter.log(), /chunk index refused/);
+      // containerd collects what the failed pull left (the good layer's snapshot; waiting for that also
+      // keeps its collector from racing the next pull). Then nothing stays: no mount, no record.
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const mounted = (await mountsUnder(layersDir)).length;
+        const records = (await readdir(join(dir.path, 'sn-state'))).filter((n) => n.startsWith('mount-'));
+        if (mounted === mountedBefore && records.length === recordsBefore.length) {
+          assert.deepEqual(records, recordsBefore);
+          break;
+        }
+        if (Date.now() > deadline) assert.fail(`left after the failed pull: ${mounted} mounts, ${records}`);
+        await sleep(200);
+      }
     } finally {
       await flip();
     }
     // The same layer, intact again, mounts lazily and runs: the refusal left nothing broken behind.
     try {
       await cri.pullImage(tamperedRef());
-      assert.equal((await mountsUnder(layersDir)).length, mountedBefore + 1);
+      assert.equal((await mountsUnder(layersDir)).length, mountedBefore + 2);
       const out = await containerd.ctr(
         [
           'run',
@@ -412,11 +432,11 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
           'lazy3',
           '/bin/sh',
           '-c',
-          'cat /etc/own.txt',
+          'cat /etc/own.txt /etc/top.txt',
         ],
         { namespace: 'k8s.io' },
       );
-      assert.equal(out, 'own\n');
+      assert.equal(out, 'own\ntop\n');
       await cri.removeImage(tamperedRef());
     } finally {
       cri.close();
