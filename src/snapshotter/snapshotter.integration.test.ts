@@ -294,8 +294,19 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     assert.ok(inodes.includes(3) && inodes.includes(4), JSON.stringify(usage));
     for (const r of usage) assert.doesNotMatch(r[1] ?? '', /^0(\.0)?$/, `usage ${r.join(' ')}`);
     assert.equal(traffic.total(), sentBefore, 'usage fetched nothing');
-    await ctr(['view', 'lazy-view', top]);
-    await ctr(['label', 'lazy-view', 'containerd.io/gc.root=test']);
+    // ctr makes the view without a lease: containerd's collector (woken by the container removed just
+    // before) may take it before the label that keeps it lands. Then it is made again.
+    for (let attempt = 1; ; attempt++) {
+      await ctr(['view', 'lazy-view', top]);
+      const labelled = await ctr(['label', 'lazy-view', 'containerd.io/gc.root=test']).then(
+        () => true,
+        (error: Error) => {
+          if (attempt >= 5 || !/not found/.test(error.message)) throw error;
+          return false;
+        },
+      );
+      if (labelled) break;
+    }
     const target = join(dir.path, 'mnt-view');
     await mkdir(target, { recursive: true });
     const mount = (await ctr(['mounts', target, 'lazy-view'])).trim();
