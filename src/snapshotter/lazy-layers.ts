@@ -10,6 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdir, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isErofsOciError } from '../errors.ts';
+import { isProcessAlive } from '../io/process.ts';
 import { type LayerPlan, mountedPaths, mountLazy, reattachLazy, unmountLazy } from '../mount/lazy-mount.ts';
 import { listRecords, mountDir, type RegistrySettings, readRecord } from '../mount/state.ts';
 import { formatPlatform, hostPlatform, type LayerDescriptor } from '../oci/index.ts';
@@ -111,7 +112,23 @@ export class LazyLayers {
     if (!first) return 'serving';
     const key = this.recordKey(first);
     const record = await readRecord(mountDir(this.#options.stateRoot, key));
-    const mounted = await mountedPaths();
+    let mounted = await mountedPaths();
+    if (record && layers.some((layer) => mounted.has(this.mountpoint(layer)))) {
+      // Some of the layers' mounts are gone (unmounted by hand) while others may be in use: mount those
+      // again on their devices, which the holder still serves, instead of taking the whole group down.
+      for (const layer of layers) {
+        const mountpoint = this.mountpoint(layer);
+        const entry = record.layers.find((l) => l.layerMount === mountpoint);
+        if (mounted.has(mountpoint) || !entry || (entry.devicePid > 0 && !isProcessAlive(entry.devicePid)))
+          continue;
+        const result = spawnSync('mount', ['-t', 'erofs', '-o', 'ro', entry.device, mountpoint], {
+          encoding: 'utf8',
+        });
+        if (result.status === 0) this.#options.log(`layer ${layer.digest}: mounted again at ${mountpoint}`);
+        else this.#options.log(`layer ${layer.digest}: cannot mount again: ${result.stderr.trim()}`);
+      }
+      mounted = await mountedPaths();
+    }
     if (record && layers.every((layer) => mounted.has(this.mountpoint(layer)))) {
       try {
         const started = await reattachLazy(key, this.#options.stateRoot, {

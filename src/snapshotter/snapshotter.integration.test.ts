@@ -371,6 +371,25 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     assert.match(snapshotter.log(), /reattached|new serving process/);
   });
 
+  it('a lazy layer unmounted by hand is mounted again at the next revival, the layers beside it untouched', async () => {
+    const layersDir = join(snapshotterRoot(), 'layers');
+    const lazy = (await mountsUnder(layersDir)).filter((m) => m.type === 'erofs');
+    const victim = lazy.find((m) => existsSync(join(m.path, 'data', 'two.txt')));
+    assert.ok(victim, 'the layer with data/two.txt is mounted');
+    await run('umount', [victim.path]);
+    await stopSnapshotter(snapshotter);
+    snapshotter = await startSnapshotter(dir.path);
+    const deadline = Date.now() + 30_000;
+    while (!(await mountsUnder(layersDir)).some((m) => m.path === victim.path)) {
+      if (Date.now() > deadline) assert.fail(`not mounted again: ${snapshotter.log()}`);
+      await sleep(100);
+    }
+    assert.equal(await readFile(join(victim.path, 'data', 'two.txt'), 'utf8'), 'two\n');
+    assert.match(snapshotter.log(), /mounted again at/);
+    assert.doesNotMatch(snapshotter.log(), /remounted/);
+    assert.equal((await mountsUnder(layersDir)).filter((m) => m.type === 'erofs').length, lazy.length);
+  });
+
   it('a layer whose chunk index does not match its digest annotation is refused, never mounted; the pull fails clearly, the good layer beside it mounts alone', async () => {
     const manifest = JSON.parse(
       await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${tamperedRef()}`]),
