@@ -27,6 +27,7 @@ import { benchConvert } from './convert.ts';
 import { benchMount } from './mount.ts';
 import { benchRegistryBuild } from './registry-build.ts';
 import { benchServe } from './serve.ts';
+import { benchSnapshotter } from './snapshotter.ts';
 import { benchVerified } from './verified.ts';
 import { benchVerifiedServe } from './verified-serve.ts';
 
@@ -182,6 +183,15 @@ const suites: Record<string, () => void | Promise<void>> = {
       addRow: (row) => rows.push(['compress', ...row]),
       setResults: (value) => {
         results.compress = value;
+      },
+    }),
+  snapshotter: () =>
+    benchSnapshotter({
+      root,
+      benchDir,
+      addRow: (row) => rows.push(['snapshotter', ...row]),
+      setResults: (value) => {
+        results.snapshotter = value;
       },
     }),
   verified: () =>

@@ -13,7 +13,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { run } from './kernel.ts';
+import { cliEntry, nodeBinary, run } from './kernel.ts';
+import type { RegistryHandle } from './registry.ts';
 
 export const CONTAINERD = '/usr/bin/containerd';
 export const CTR = '/usr/bin/ctr';
@@ -34,6 +35,8 @@ export interface ContainerdOptions {
   snapshotterSocket: string;
   /** Registries (host:port) reached over plain HTTP. */
   plainHttpRegistries?: string[];
+  /** The snapshotter CRI pulls into (default erofs-oci; overlayfs for containerd's own). */
+  criSnapshotter?: string;
 }
 
 export interface ContainerdHandle {
@@ -88,7 +91,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   stream_server_port = "0"
   enable_cdi = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "erofs-oci"
+    snapshotter = ${JSON.stringify(options.criSnapshotter ?? 'erofs-oci')}
     disable_snapshot_annotations = false
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = ${JSON.stringify(certsDir)}
@@ -155,6 +158,112 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       clearTimeout(timer);
     },
   };
+}
+
+// ---- erofs-oci snapshotter ----
+
+export interface SnapshotterProcess {
+  readonly child: ChildProcess;
+  readonly socket: string;
+  log(): string;
+}
+
+/**
+ * Starts `erofs-oci snapshotter` with its socket, --root (DIR/sn-root) and --state-dir (DIR/sn-state) under
+ * `dir`, plain HTTP allowed; resolves once it serves.
+ */
+export async function startSnapshotter(dir: string, extraArgs: string[] = []): Promise<SnapshotterProcess> {
+  const socket = join(dir, 'snapshotter.sock');
+  const child = spawn(
+    nodeBinary,
+    [
+      cliEntry,
+      'snapshotter',
+      '--address',
+      `unix:${socket}`,
+      '--root',
+      join(dir, 'sn-root'),
+      '--state-dir',
+      join(dir, 'sn-state'),
+      '--insecure',
+      '--io-timeout',
+      '120',
+      ...extraArgs,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let log = '';
+  const keep = (chunk: Buffer) => {
+    log += chunk.toString();
+    if (log.length > 4_000_000) log = log.slice(-2_000_000);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  const deadline = Date.now() + 30_000;
+  while (!/serving unix:/.test(log)) {
+    if (child.exitCode !== null) throw new Error(`the snapshotter exited: ${log}`);
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`the snapshotter did not start: ${log}`);
+    }
+    await sleep(50);
+  }
+  return { child, socket, log: () => log };
+}
+
+export async function stopSnapshotter(
+  snapshotter: SnapshotterProcess,
+  signal: NodeJS.Signals = 'SIGTERM',
+): Promise<void> {
+  if (snapshotter.child.exitCode !== null || snapshotter.child.signalCode !== null) return;
+  const gone = new Promise<void>((resolve) => snapshotter.child.once('exit', () => resolve()));
+  snapshotter.child.kill(signal);
+  await gone;
+}
+
+/** Mount points under `dir` from /proc/self/mountinfo, with their filesystem types. */
+export async function mountsUnder(dir: string): Promise<{ path: string; type: string; source: string }[]> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const found = [];
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    const path = fields[4];
+    const dash = fields.indexOf('-');
+    if (path?.startsWith(dir))
+      found.push({ path, type: fields[dash + 1] ?? '', source: fields[dash + 2] ?? '' });
+  }
+  return found;
+}
+
+export interface RegistryTraffic {
+  /** Body bytes the registry sent for each blob digest since `registryTraffic` was called. */
+  blobs(): Map<string, number>;
+  /** Body bytes of every answer (blobs, manifests, tokens) since then. */
+  total(): number;
+}
+
+/**
+ * Counts what the registry sends, from its access log (`http.response.written`) as it arrives: its own
+ * kept log is cut short on long runs, this count is not.
+ */
+export function registryTraffic(registry: RegistryHandle): RegistryTraffic {
+  const blobs = new Map<string, number>();
+  let total = 0;
+  let partial = '';
+  const onData = (chunk: Buffer) => {
+    const lines = (partial + chunk.toString('utf8')).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      const written = /http\.response\.written=(\d+)/.exec(line);
+      if (!written) continue;
+      total += Number(written[1]);
+      const uri = /http\.request\.uri="[^"]*\/blobs\/(sha256:[0-9a-f]{64})"/.exec(line);
+      if (uri) blobs.set(uri[1] as string, (blobs.get(uri[1] as string) ?? 0) + Number(written[1]));
+    }
+  };
+  registry.process.stdout?.on('data', onData);
+  registry.process.stderr?.on('data', onData);
+  return { blobs: () => new Map(blobs), total: () => total };
 }
 
 // ---- CRI ----

@@ -13,15 +13,15 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type ErrorCode, ErofsOciError, throwIfAborted } from '../errors.ts';
+import { ErofsOciError, type ErrorCode, throwIfAborted } from '../errors.ts';
 import { isProcessAlive as isAlive } from '../io/process.ts';
 import { spawnHolder } from './holder.ts';
 import {
   ensurePrivateDir,
   type LayerRecord,
   type LayerServerConfig,
-  type MountRecord,
   layerCacheDir,
+  type MountRecord,
   mountDir,
   RECORD_VERSION,
   type RegistrySettings,
@@ -53,6 +53,11 @@ export interface MountPlan {
   mountpoint: string;
   /** Bottom first. */
   layers: LayerPlan[];
+  /**
+   * Where each layer is mounted on its own, instead of stacked with overlayfs at `mountpoint` (which then
+   * only names the record): the snapshotter mounts several layers with one server and one holder so.
+   */
+  layerMounts?: string[];
   registry: RegistrySettings;
   /** Only in memory, handed to the serving processes on their stdin. */
   password?: string;
@@ -326,7 +331,7 @@ export async function mountLazy(plan: MountPlan): Promise<MountRecord> {
         ...layer,
         socket: join(dir, `layer-${layer.index}.sock`),
         device,
-        layerMount: join(dir, `layer-${layer.index}.mnt`),
+        layerMount: plan.layerMounts?.[record.layers.length] ?? join(dir, `layer-${layer.index}.mnt`),
         serverPid: 0,
         devicePid: 0,
       });
@@ -369,10 +374,17 @@ export async function mountLazy(plan: MountPlan): Promise<MountRecord> {
     for (const entry of record.layers)
       plan.log?.(`layer ${entry.index} ${entry.digest}: server ${entry.serverPid}, device ${entry.device}`);
     await writeRecord(dir, record);
-    await stackLayers(record);
+    if (plan.layerMounts === undefined) await stackLayers(record);
+    else {
+      for (const layer of record.layers) {
+        await mkdir(layer.layerMount, { recursive: true, mode: 0o755 });
+        await mountErofs(layer.device, layer.layerMount);
+      }
+    }
     await writeRecord(dir, record);
     // Mounted means the filesystem answers: list the root once.
-    await readdir(plan.mountpoint);
+    if (plan.layerMounts === undefined) await readdir(plan.mountpoint);
+    else for (const layer of record.layers) await readdir(layer.layerMount);
     return record;
   } catch (error) {
     await teardown(record, dir).catch(() => {

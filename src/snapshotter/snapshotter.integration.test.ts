@@ -6,23 +6,28 @@
  * restarted while a read waits; removing the images and Cleanup leave no mount or process behind.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { gzipSync } from 'node:zlib';
 import {
   type ContainerdHandle,
   containerdUnavailableReason,
   copyRuntimeTree,
   criImageClient,
+  mountsUnder,
+  type RegistryTraffic,
+  registryTraffic,
+  type SnapshotterProcess,
   startContainerd,
+  startSnapshotter,
+  stopSnapshotter,
   tarOf,
 } from '../../test-support/containerd.ts';
-import { cliEntry, isRoot, nodeBinary, run, runCli, type TmpDir, tmpdir } from '../../test-support/kernel.ts';
+import { isRoot, run, runCli, type TmpDir, tmpdir } from '../../test-support/kernel.ts';
 import {
   type RegistryHandle,
   registryUnavailableReason,
@@ -30,6 +35,7 @@ import {
   startRegistry,
 } from '../../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../../test-support/registry-fixtures.ts';
+import { parseRange } from '../chunk-index/index.ts';
 
 const skip = !isRoot()
   ? 'needs root'
@@ -40,94 +46,24 @@ const skip = !isRoot()
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 const ERofs_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.erofs';
 
-interface Snapshotter {
-  child: ChildProcess;
-  log: () => string;
-}
-
-async function startSnapshotter(dir: string): Promise<Snapshotter> {
-  const socket = join(dir, 'snapshotter.sock');
-  const logFile = join(dir, 'snapshotter.log');
-  const child = spawn(
-    nodeBinary,
-    [
-      cliEntry,
-      'snapshotter',
-      '--address',
-      `unix:${socket}`,
-      '--root',
-      join(dir, 'sn-root'),
-      '--state-dir',
-      join(dir, 'sn-state'),
-      '--insecure',
-      '--io-timeout',
-      '120',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let log = '';
-  const keep = (chunk: Buffer) => {
-    log += chunk.toString();
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  const deadline = Date.now() + 30_000;
-  while (!/serving unix:/.test(log)) {
-    if (child.exitCode !== null) throw new Error(`the snapshotter exited: ${log}`);
-    if (Date.now() > deadline) throw new Error(`the snapshotter did not start: ${log}`);
-    await sleep(50);
-  }
-  void logFile;
-  return { child, log: () => log };
-}
-
-async function stopSnapshotter(snapshotter: Snapshotter, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (snapshotter.child.exitCode !== null || snapshotter.child.signalCode !== null) return;
-  const gone = new Promise<void>((resolve) => snapshotter.child.once('exit', () => resolve()));
-  snapshotter.child.kill(signal);
-  await gone;
-}
-
-/** Mount points under `dir` from /proc/self/mountinfo, with their filesystem types. */
-async function mountsUnder(dir: string): Promise<{ path: string; type: string; source: string }[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  const found = [];
-  for (const line of text.split('\n')) {
-    const fields = line.split(' ');
-    const path = fields[4];
-    const dash = fields.indexOf('-');
-    if (path?.startsWith(dir))
-      found.push({ path, type: fields[dash + 1] ?? '', source: fields[dash + 2] ?? '' });
-  }
-  return found;
-}
-
-/** Blob bytes the registry sent, per digest, from its access log. */
-function blobBytesSent(registry: RegistryHandle): Map<string, number> {
-  const sent = new Map<string, number>();
-  for (const line of registry.logs().split('\n')) {
-    const uri = /http\.request\.uri="[^"]*\/blobs\/(sha256:[0-9a-f]{64})"/.exec(line);
-    const written = /http\.response\.written=(\d+)/.exec(line);
-    if (uri && written) sent.set(uri[1] as string, (sent.get(uri[1] as string) ?? 0) + Number(written[1]));
-  }
-  return sent;
-}
-
 describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, () => {
   let dir: TmpDir;
   let registry: RegistryHandle;
   let containerd: ContainerdHandle;
-  let snapshotter: Snapshotter;
+  let snapshotter: SnapshotterProcess;
+  let traffic: RegistryTraffic;
   let big: Buffer;
   let erofsLayers: { digest: string; size: number }[] = [];
   const gzipRef = () => `${registry.host}/test/run:gzip`;
   const erofsRef = () => `${registry.host}/test/run:erofs`;
+  const tamperedRef = () => `${registry.host}/test/tampered:erofs`;
   const snapshotterRoot = () => join(dir.path, 'sn-root');
   const expectedOutput = 'one\ntwo\n';
 
   before(async () => {
     dir = await tmpdir('erofs-oci-snapshotter-');
     registry = await startRegistry({ storageDir: join(dir.path, 'storage') });
+    traffic = registryTraffic(registry);
     // Three layers: the host's sh and cat, a file, and a file beside a big incompressible one.
     const trees = [join(dir.path, 't0'), join(dir.path, 't1'), join(dir.path, 't2')];
     await copyRuntimeTree(trees[0] as string);
@@ -160,6 +96,44 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     assert.equal(converted.status, 0, converted.stderr);
     const summary = JSON.parse(converted.stdout) as { layers: { digest: string; size: number }[] };
     erofsLayers = summary.layers;
+    // A second image: the same runtime layer under two layers of its own; a test tampers with the chunk
+    // index of the top one.
+    const own = join(dir.path, 't3');
+    await mkdir(join(own, 'etc'), { recursive: true });
+    await writeFile(join(own, 'etc', 'own.txt'), 'own\n');
+    const ownTop = join(dir.path, 't4');
+    await mkdir(join(ownTop, 'etc'), { recursive: true });
+    await writeFile(join(ownTop, 'etc', 'top.txt'), 'top\n');
+    await writeFile(join(ownTop, 'etc', 'filler.bin'), randomBytes(3 * 1024 * 1024));
+    const ownTars = [
+      await tarOf(trees[0] as string, join(dir.path, 'layer-0.tar')),
+      await tarOf(own, join(dir.path, 'layer-3.tar')),
+      await tarOf(ownTop, join(dir.path, 'layer-4.tar')),
+    ];
+    const ownLayout = join(dir.path, 'layout-own');
+    await writeLayout(
+      ownLayout,
+      'gzip',
+      [
+        imageOfBlobs(
+          ownTars.map((tar) => blobOf('application/vnd.oci.image.layer.v1.tar+gzip', gzipSync(tar))),
+          ownTars.map((tar) => `sha256:${sha256(tar)}`),
+        ),
+      ],
+      false,
+    );
+    const ownGzip = `${registry.host}/test/tampered:gzip`;
+    await skopeo(['copy', '--dest-tls-verify=false', `oci:${ownLayout}:gzip`, `docker://${ownGzip}`]);
+    const ownConverted = await runCli([
+      'convert',
+      '--quiet',
+      '--insecure',
+      '--media-type',
+      ERofs_MEDIA_TYPE,
+      ownGzip,
+      tamperedRef(),
+    ]);
+    assert.equal(ownConverted.status, 0, ownConverted.stderr);
     snapshotter = await startSnapshotter(dir.path);
     containerd = await startContainerd({
       dir: join(dir.path, 'containerd'),
@@ -170,7 +144,7 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
 
   after(async () => {
     for (const ns of ['default', 'k8s.io']) {
-      for (const id of ['gz1', 'lazy1', 'lazy2']) {
+      for (const id of ['gz1', 'lazy1', 'lazy2', 'lazy3']) {
         await containerd?.ctr(['task', 'kill', '-s', 'SIGKILL', id], { namespace: ns }).catch(() => '');
         await containerd?.ctr(['container', 'rm', id], { namespace: ns }).catch(() => '');
       }
@@ -260,10 +234,10 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
   it('a CRI pull of an EROFS-native image mounts its layers lazily and downloads none of them', async () => {
     const cri = criImageClient(containerd.address);
     try {
-      const before = blobBytesSent(registry);
+      const before = traffic.blobs();
       const imageRef = await cri.pullImage(erofsRef());
       assert.match(imageRef, /^sha256:/);
-      const sent = blobBytesSent(registry);
+      const sent = traffic.blobs();
       const layerBytes = erofsLayers.reduce((sum, l) => sum + l.size, 0);
       const fetched = erofsLayers.reduce(
         (sum, l) => sum + (sent.get(l.digest) ?? 0) - (before.get(l.digest) ?? 0),
@@ -290,22 +264,84 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
       { namespace: 'k8s.io' },
     );
     assert.equal(out, expectedOutput);
-    const sent = blobBytesSent(registry);
+    const sent = traffic.blobs();
     const layerBytes = erofsLayers.reduce((sum, l) => sum + l.size, 0);
     const fetched = erofsLayers.reduce((sum, l) => sum + (sent.get(l.digest) ?? 0), 0);
     assert.ok(fetched < layerBytes / 2, `after the run: fetched ${fetched} of ${layerBytes} layer bytes`);
   });
 
+  it('a view of the lazily committed image reads every layer; usage reports each lazy layer without fetching', async () => {
+    const ctr = (args: string[]) =>
+      containerd.ctr(['snapshots', '--snapshotter', 'erofs-oci', ...args], { namespace: 'k8s.io' });
+    const rows = (await ctr(['ls']))
+      .trim()
+      .split('\n')
+      .slice(1)
+      .map((line) => line.trim().split(/\s+/));
+    const committed = rows.filter((r) => r.at(-1) === 'Committed');
+    assert.equal(committed.length, erofsLayers.length, JSON.stringify(rows));
+    const parents = new Set(committed.map((r) => (r.length === 3 ? r[1] : '')));
+    const top = committed.find((r) => !parents.has(r[0] as string))?.[0] as string;
+    const sentBefore = traffic.total();
+    // Usage of a lazy layer comes from its filesystem's statfs: the image's size and inode count. Layer 1
+    // holds /, /etc and one.txt; layer 2 holds /, /data, two.txt and big.bin.
+    const usage = (await ctr(['usage']))
+      .trim()
+      .split('\n')
+      .slice(1)
+      .map((line) => line.trim().split(/\s+/));
+    const inodes = usage.map((r) => Number(r.at(-1)));
+    assert.ok(inodes.includes(3) && inodes.includes(4), JSON.stringify(usage));
+    for (const r of usage) assert.doesNotMatch(r[1] ?? '', /^0(\.0)?$/, `usage ${r.join(' ')}`);
+    assert.equal(traffic.total(), sentBefore, 'usage fetched nothing');
+    // ctr makes the view without a lease: containerd's collector (woken by the container removed just
+    // before) may take it before the label that keeps it lands. Then it is made again.
+    for (let attempt = 1; ; attempt++) {
+      await ctr(['view', 'lazy-view', top]);
+      const labelled = await ctr(['label', 'lazy-view', 'containerd.io/gc.root=test']).then(
+        () => true,
+        (error: Error) => {
+          if (attempt >= 5 || !/not found/.test(error.message)) throw error;
+          return false;
+        },
+      );
+      if (labelled) break;
+    }
+    const target = join(dir.path, 'mnt-view');
+    await mkdir(target, { recursive: true });
+    const mount = (await ctr(['mounts', target, 'lazy-view'])).trim();
+    assert.match(mount, /-t overlay .*lowerdir=[^ ]*\/layers\/\d+:/);
+    await run('sh', ['-c', mount]);
+    try {
+      assert.equal(await readFile(join(target, 'etc', 'one.txt'), 'utf8'), 'one\n');
+      assert.equal(await readFile(join(target, 'data', 'two.txt'), 'utf8'), 'two\n');
+      assert.ok(existsSync(join(target, 'bin', 'sh')));
+      await assert.rejects(writeFile(join(target, 'new.txt'), 'no'), /EROFS|read-only/i);
+    } finally {
+      await run('umount', [target]);
+    }
+    await ctr(['rm', 'lazy-view']);
+  });
+
   it('a killed snapshotter and its serving processes come back: a waiting read completes', async () => {
     const records = await readdir(join(dir.path, 'sn-state'));
     const serverPids = new Set<number>();
+    const holderPids = new Set<number>();
+    let recordedLayers = 0;
     for (const name of records.filter((n) => n.startsWith('mount-'))) {
       const record = JSON.parse(await readFile(join(dir.path, 'sn-state', name, 'record.json'), 'utf8')) as {
-        layers: { serverPid: number }[];
+        layers: { serverPid: number; devicePid: number }[];
       };
-      for (const layer of record.layers) serverPids.add(layer.serverPid);
+      recordedLayers += record.layers.length;
+      for (const layer of record.layers) {
+        serverPids.add(layer.serverPid);
+        holderPids.add(layer.devicePid);
+      }
     }
-    assert.equal(serverPids.size, erofsLayers.length);
+    // The image's layers were mounted together: one serving process and one device holder for all three.
+    assert.equal(recordedLayers, erofsLayers.length);
+    assert.equal(serverPids.size, 1);
+    assert.equal(holderPids.size, 1);
     await stopSnapshotter(snapshotter, 'SIGKILL');
     for (const pid of serverPids) process.kill(pid, 'SIGKILL');
     // The big file has not been read yet: reading it needs a serving process, which is gone.
@@ -333,6 +369,108 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     );
     assert.equal(out, expectedOutput);
     assert.match(snapshotter.log(), /reattached|new serving process/);
+  });
+
+  it('a lazy layer unmounted by hand is mounted again at the next revival, the layers beside it untouched', async () => {
+    const layersDir = join(snapshotterRoot(), 'layers');
+    const lazy = (await mountsUnder(layersDir)).filter((m) => m.type === 'erofs');
+    const victim = lazy.find((m) => existsSync(join(m.path, 'data', 'two.txt')));
+    assert.ok(victim, 'the layer with data/two.txt is mounted');
+    await run('umount', [victim.path]);
+    await stopSnapshotter(snapshotter);
+    snapshotter = await startSnapshotter(dir.path);
+    const deadline = Date.now() + 30_000;
+    while (!(await mountsUnder(layersDir)).some((m) => m.path === victim.path)) {
+      if (Date.now() > deadline) assert.fail(`not mounted again: ${snapshotter.log()}`);
+      await sleep(100);
+    }
+    assert.equal(await readFile(join(victim.path, 'data', 'two.txt'), 'utf8'), 'two\n');
+    assert.match(snapshotter.log(), /mounted again at/);
+    assert.doesNotMatch(snapshotter.log(), /remounted/);
+    assert.equal((await mountsUnder(layersDir)).filter((m) => m.type === 'erofs').length, lazy.length);
+  });
+
+  it('a layer whose chunk index does not match its digest annotation is refused, never mounted; the pull fails clearly, the good layer beside it mounts alone', async () => {
+    const manifest = JSON.parse(
+      await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${tamperedRef()}`]),
+    ) as { layers: { digest: string; annotations?: Record<string, string> }[] };
+    const layer = manifest.layers[2];
+    const good = manifest.layers[1] as { digest: string };
+    const rangeText = layer?.annotations?.['org.erofs.chunk-index.range'];
+    assert.ok(layer && rangeText, 'convert embeds a chunk index in every layer');
+    assert.ok(!erofsLayers.some((l) => l.digest === layer.digest), 'the tampered layer is its own blob');
+    // One byte of the embedded index flipped in the registry's storage: the registry still serves it.
+    const hex = layer.digest.slice('sha256:'.length);
+    const blob = join(dir.path, 'storage/docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
+    const flip = async () => {
+      const handle = await open(blob, 'r+');
+      try {
+        const offset = parseRange(rangeText).offset + 40;
+        const byte = Buffer.alloc(1);
+        await handle.read(byte, 0, 1, offset);
+        await handle.write(Buffer.from([(byte[0] as number) ^ 0x55]), 0, 1, offset);
+      } finally {
+        await handle.close();
+      }
+    };
+    const layersDir = join(snapshotterRoot(), 'layers');
+    const mountedBefore = (await mountsUnder(layersDir)).length;
+    const recordsBefore = (await readdir(join(dir.path, 'sn-state'))).filter((n) => n.startsWith('mount-'));
+    const cri = criImageClient(containerd.address);
+    await flip();
+    try {
+      await assert.rejects(cri.pullImage(tamperedRef()), (error: Error) => {
+        assert.match(error.message, /chunk index refused/);
+        assert.ok(error.message.includes(layer.digest), error.message);
+        return true;
+      });
+      // Mounting both new layers together failed on the bad one; the good one below it was then mounted
+      // alone and committed.
+      assert.match(snapshotter.log(), /mounting 2 layers together failed, each is mounted alone/);
+      assert.ok(
+        snapshotter.log().includes(`layer ${good.digest} of ${tamperedRef()}: committed lazily`),
+        snapshotter.log(),
+      );
+      assert.match(snapshotter.log(), /chunk index refused/);
+      // containerd collects what the failed pull left (the good layer's snapshot; waiting for that also
+      // keeps its collector from racing the next pull). Then nothing stays: no mount, no record.
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const mounted = (await mountsUnder(layersDir)).length;
+        const records = (await readdir(join(dir.path, 'sn-state'))).filter((n) => n.startsWith('mount-'));
+        if (mounted === mountedBefore && records.length === recordsBefore.length) {
+          assert.deepEqual(records, recordsBefore);
+          break;
+        }
+        if (Date.now() > deadline) assert.fail(`left after the failed pull: ${mounted} mounts, ${records}`);
+        await sleep(200);
+      }
+    } finally {
+      await flip();
+    }
+    // The same layer, intact again, mounts lazily and runs: the refusal left nothing broken behind.
+    try {
+      await cri.pullImage(tamperedRef());
+      assert.equal((await mountsUnder(layersDir)).length, mountedBefore + 2);
+      const out = await containerd.ctr(
+        [
+          'run',
+          '--rm',
+          '--snapshotter',
+          'erofs-oci',
+          tamperedRef(),
+          'lazy3',
+          '/bin/sh',
+          '-c',
+          'cat /etc/own.txt /etc/top.txt',
+        ],
+        { namespace: 'k8s.io' },
+      );
+      assert.equal(out, 'own\ntop\n');
+      await cri.removeImage(tamperedRef());
+    } finally {
+      cri.close();
+    }
   });
 
   it('removing the images and Cleanup leave no lazy mount, process or directory behind', async () => {
@@ -366,5 +504,6 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     );
     const snapshots = await readdir(join(snapshotterRoot(), 'snapshots'));
     assert.deepEqual(snapshots, [], 'every snapshot directory is gone');
+    assert.deepEqual(await readdir(join(snapshotterRoot(), 'layers')), [], 'every layer directory is gone');
   });
 });

@@ -4,6 +4,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseFilters } from './filters.ts';
@@ -15,6 +16,34 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 const storeModule = fileURLToPath(new URL('./store.ts', import.meta.url));
 
 describe('Store', () => {
+  it('Store opens a version-1 database, adding mount_group (null: each layer its own mount)', () => {
+    const path = join(dir, 'v1.db');
+    const old = new DatabaseSync(path);
+    old.exec(`CREATE TABLE layers (id INTEGER PRIMARY KEY AUTOINCREMENT, digest TEXT NOT NULL UNIQUE,
+      media_type TEXT NOT NULL, size INTEGER NOT NULL, annotations TEXT NOT NULL, source TEXT NOT NULL,
+      manifest_digest TEXT NOT NULL, state TEXT NOT NULL, created INTEGER NOT NULL);
+      INSERT INTO layers (digest, media_type, size, annotations, source, manifest_digest, state, created)
+      VALUES ('sha256:aa', 'application/vnd.oci.image.layer.v1.erofs', 10, '{}', 'r/x@sha256:bb', 'sha256:bb', 'mounted', 1);
+      PRAGMA user_version = 1;`);
+    old.close();
+    const store = Store.open(path);
+    assert.equal(store.layer('sha256:aa')?.mountGroup, null);
+    store.transaction(() =>
+      store.insertLayer({
+        digest: 'sha256:cc',
+        mediaType: 'application/vnd.oci.image.layer.v1.erofs',
+        size: 1,
+        annotations: {},
+        source: 'r/x@sha256:bb',
+        manifestDigest: 'sha256:bb',
+        now: 2,
+        mountGroup: '/root/layers/group-cc',
+      }),
+    );
+    assert.equal(store.layer('sha256:cc')?.mountGroup, '/root/layers/group-cc');
+    store.close();
+  });
+
   it('Store.transaction rolls every change back when the body throws', () => {
     const store = Store.open(join(dir, 'rollback.db'));
     store.transaction(() => store.insert({ name: 'base', parent: '', kind: 'active', labels: {}, now: 1 }));

@@ -46,6 +46,11 @@ export interface LayerRow {
   manifestDigest: string;
   state: LayerState;
   created: number;
+  /**
+   * The mount record this layer's mount belongs to, when it was mounted with other layers of its image
+   * (one serving process and one device holder for them all); null: its own, at its mountpoint.
+   */
+  mountGroup: string | null;
 }
 
 /** The snapshot-state conflicts of the snapshots API, which containerd tells apart by gRPC status. */
@@ -57,7 +62,7 @@ export class SnapshotConflict extends ErofsOciError {
   }
 }
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS layers (
@@ -69,7 +74,8 @@ CREATE TABLE IF NOT EXISTS layers (
   source TEXT NOT NULL,
   manifest_digest TEXT NOT NULL,
   state TEXT NOT NULL CHECK (state IN ('mounting', 'mounted', 'unmounting')),
-  created INTEGER NOT NULL
+  created INTEGER NOT NULL,
+  mount_group TEXT
 );
 CREATE TABLE IF NOT EXISTS snapshots (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -119,6 +125,7 @@ function layerOf(row: Row): LayerRow {
     manifestDigest: String(row.manifest_digest),
     state: row.state as LayerState,
     created: Number(row.created),
+    mountGroup: row.mount_group === null || row.mount_group === undefined ? null : String(row.mount_group),
   };
 }
 
@@ -136,7 +143,12 @@ export class Store {
       db = new DatabaseSync(path);
       db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;');
       const version = Number((db.prepare('PRAGMA user_version').get() as Row).user_version);
-      if (version !== 0 && version !== SCHEMA_VERSION) {
+      if (version === 1) {
+        // Version 2 added layers.mount_group (null for the layers version 1 mounted, one each).
+        db.exec(
+          'BEGIN IMMEDIATE; ALTER TABLE layers ADD COLUMN mount_group TEXT; PRAGMA user_version = 2; COMMIT;',
+        );
+      } else if (version !== 0 && version !== SCHEMA_VERSION) {
         db.close();
         throw new ErofsOciError(
           'unsupported',
@@ -354,11 +366,13 @@ export class Store {
     return (this.#db.prepare('SELECT * FROM layers ORDER BY id').all() as Row[]).map(layerOf);
   }
 
-  insertLayer(layer: Omit<LayerRow, 'id' | 'state' | 'created'> & { now: number }): LayerRow {
+  insertLayer(
+    layer: Omit<LayerRow, 'id' | 'state' | 'created' | 'mountGroup'> & { now: number; mountGroup?: string },
+  ): LayerRow {
     this.#db
       .prepare(
-        `INSERT INTO layers (digest, media_type, size, annotations, source, manifest_digest, state, created)
-         VALUES (?, ?, ?, ?, ?, ?, 'mounting', ?)`,
+        `INSERT INTO layers (digest, media_type, size, annotations, source, manifest_digest, state, created, mount_group)
+         VALUES (?, ?, ?, ?, ?, ?, 'mounting', ?, ?)`,
       )
       .run(
         layer.digest,
@@ -368,6 +382,7 @@ export class Store {
         layer.source,
         layer.manifestDigest,
         layer.now,
+        layer.mountGroup ?? null,
       );
     return this.layer(layer.digest) as LayerRow;
   }
