@@ -345,8 +345,7 @@ export function openVerifiedSource(
     const first = findChunk(index, offset);
     const last = findChunk(index, offset + length - 1);
     const parts = chunkData(first, last, readOptions.signal);
-    const window =
-      readaheadChunks > 0 ? streams.advance(offset, offset + length, last, readaheadLimits) : 0;
+    const window = readaheadChunks > 0 ? streams.advance(offset, offset + length, last, readaheadLimits) : 0;
     if (window > 0 && last + 1 < chunks.length) {
       const windowChunks = Math.max(1, Math.round(window / chunkBytes));
       const end = Math.min(chunks.length - 1, last + windowChunks);
