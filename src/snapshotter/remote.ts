@@ -116,6 +116,11 @@ export class LazyRemote implements RemoteLayers {
     });
   }
 
+  /** The rows of `group` as the store holds them now (under the group's locks): removed ones left out. */
+  #current(group: readonly LayerRow[]): LayerRow[] {
+    return group.map((l) => this.#store.layerById(l.id)).filter((l): l is LayerRow => l !== undefined);
+  }
+
   /**
    * Unmounts the layer's mount once no snapshot uses any layer of it (its group: the layers mounted
    * together share their processes); until then a layer nothing uses stays mounted, ready for reuse.
@@ -127,9 +132,7 @@ export class LazyRemote implements RemoteLayers {
     await this.#lockedAll(
       group.map((l) => l.digest),
       async () => {
-        const rows = group
-          .map((l) => this.#store.layerById(l.id))
-          .filter((l): l is LayerRow => l !== undefined);
+        const rows = this.#current(group);
         if (rows.length === 0) return;
         if (rows.some((l) => this.#store.layerUsers(l.id) > 0)) {
           this.#store.transaction(() => {
@@ -170,9 +173,7 @@ export class LazyRemote implements RemoteLayers {
         await this.#lockedAll(
           group.map((l) => l.digest),
           async () => {
-            const rows = group
-              .map((l) => this.#store.layerById(l.id))
-              .filter((l): l is LayerRow => l !== undefined);
+            const rows = this.#current(group);
             if (rows.length === 0) return;
             if (rows.some((l) => l.state === 'mounting')) {
               // A crash while mounting: no snapshot names them yet.
