@@ -103,15 +103,20 @@ export function compressFile(data: Uint8Array, options: CompressOptions): Compre
       clusterofs = (clusterofs + consumed) % bs;
       continue;
     }
-    // Raw: one block of input (shifted: the pcluster starts with the extent's first byte).
-    const length = Math.min(bs, rest.byteLength);
-    const pcluster = new Uint8Array(bs);
-    pcluster.set(rest.subarray(0, length));
-    extents.push({ length, raw: true, pblk, blocks: 1 });
-    pclusters.push(pcluster);
-    pblk += 1;
-    at += length;
-    clusterofs = (clusterofs + length) % bs;
+    // Raw: one block of input per pcluster (shifted: the pcluster starts with the extent's first byte),
+    // over the input the attempt covered but its last block, which the next attempt starts with (as
+    // mkfs.erofs: incompressible data is not compressed again block by block).
+    const rawBlocks = Math.max(1, Math.floor(consumed / bs) - 1);
+    for (let i = 0; i < rawBlocks && at < data.byteLength; i++) {
+      const length = Math.min(bs, data.byteLength - at);
+      const pcluster = new Uint8Array(bs);
+      pcluster.set(data.subarray(at, at + length));
+      extents.push({ length, raw: true, pblk, blocks: 1 });
+      pclusters.push(pcluster);
+      pblk += 1;
+      at += length;
+      clusterofs = (clusterofs + length) % bs;
+    }
   }
   return { extents, pclusters, blocks: pblk };
 }
