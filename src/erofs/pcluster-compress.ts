@@ -8,10 +8,12 @@ import { constants, deflateRawSync, zstdCompressSync } from 'node:zlib';
 import { ErofsOciError } from '../errors.ts';
 import { CompressionAlg } from './format.ts';
 import { lz4CompressDestSize } from './lz4-encode.ts';
+import { lz4hcCompressDestSize } from './lz4hc-encode.ts';
 import type { PclusterExtent } from './zindex-writer.ts';
 
 export interface CompressOptions {
   alg: CompressionAlg;
+  /** The encoder's level; for lz4, a level selects the HC encoder (lz4hc-encode.ts). */
   level?: number;
   blockSize: number;
   /** Bytes per physical cluster: a multiple of the block size, at most 1 MiB. */
@@ -44,7 +46,11 @@ function compressPrefix(
   options: CompressOptions,
   ratio: number,
 ): { output: Uint8Array; consumed: number } {
-  if (options.alg === CompressionAlg.lz4) return lz4CompressDestSize(input, capacity);
+  if (options.alg === CompressionAlg.lz4) {
+    return options.level === undefined
+      ? lz4CompressDestSize(input, capacity)
+      : lz4hcCompressDestSize(input, capacity, options.level);
+  }
   const encode = (data: Uint8Array): Uint8Array => {
     if (options.alg === CompressionAlg.deflate) return deflateRawSync(data, { level: options.level ?? 1 });
     if (options.alg === CompressionAlg.zstd) {
