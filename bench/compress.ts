@@ -2,7 +2,7 @@
  * `node bench/run.ts compress` (issue 15): `erofs-oci build --compress ALG --pcluster-size P tar:ROOTFS`
  * against erofs-utils 1.9's `mkfs.erofs -zALG -CP --tar=f` on the same tar, per algorithm: build wall time
  * (best of BENCH_RUNS, default 2, ours through the CLI as the README runs it), image size, and the kernel
- * reading every file of each image (file-backed mount, `tar cf - | cat >/dev/null`, best of BENCH_RUNS; the image
+ * reading every file of each image (file-backed mount, `tar cf - | cat >/dev/null`, best of 3 alternating; the image
  * file is in the page cache, so this is decompression cost).
  *
  * ROOTFS: BENCH_CZ_TAR, else a tar of this host's /usr/lib/python3.11, /usr/share/perl and /usr/bin
@@ -13,6 +13,22 @@ import { existsSync, mkdtempSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { mkfsErofs19 } from '../test-support/kernel.ts';
 import type { RegistryBuildContext } from './registry-build.ts';
+
+/** Wall seconds and peak RSS (MiB) of a command, through bench/measure.py. */
+function measured(command: string, args: string[]): { seconds: number; rssMiB: number } {
+  const here = new URL('.', import.meta.url).pathname;
+  const out = execFileSync('python3', [join(here, 'measure.py'), command, ...args], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const m = JSON.parse(out.trim().split('\n').pop() as string) as {
+    seconds: number;
+    maxRssKiB: number;
+    status: number;
+  };
+  if (m.status !== 0) throw new Error(`${command} ${args.join(' ')} exited with ${m.status}`);
+  return { seconds: m.seconds, rssMiB: m.maxRssKiB / 1024 };
+}
 
 function seconds(command: string, args: string[]): number {
   const start = performance.now();
@@ -79,19 +95,31 @@ export async function benchCompress(ctx: RegistryBuildContext): Promise<void> {
     const theirsArgs = ['--quiet', '-T0', '-Uclear', `-z${alg}`, `-C${pcluster}`, '--tar=f', theirs, tar];
     let oursTime = Number.POSITIVE_INFINITY;
     let theirsTime = Number.POSITIVE_INFINITY;
+    let oursRss = 0;
+    let theirsRss = 0;
     for (let i = 0; i < runs; i++) {
-      oursTime = Math.min(oursTime, seconds(process.execPath, oursArgs));
-      theirsTime = Math.min(theirsTime, seconds(mkfs, theirsArgs));
+      const o = measured(process.execPath, oursArgs);
+      const m = measured(mkfs, theirsArgs);
+      oursTime = Math.min(oursTime, o.seconds);
+      theirsTime = Math.min(theirsTime, m.seconds);
+      oursRss = Math.max(oursRss, o.rssMiB);
+      theirsRss = Math.max(theirsRss, m.rssMiB);
     }
     const oursSize = statSync(ours).size;
     const theirsSize = statSync(theirs).size;
-    const oursRead = readAll(ours, runs);
-    const theirsRead = readAll(theirs, runs);
+    // Reads are short and noisy on a shared machine: at least 3 each, alternating.
+    let oursRead = Number.POSITIVE_INFINITY;
+    let theirsRead = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < Math.max(3, runs); i++) {
+      oursRead = Math.min(oursRead, readAll(ours, 1));
+      theirsRead = Math.min(theirsRead, readAll(theirs, 1));
+    }
     const row = {
       alg,
       pcluster,
       tarBytes: statSync(tar).size,
       build: { ours: oursTime, mkfs: theirsTime, ratio: oursTime / theirsTime },
+      peakRssMiB: { ours: oursRss, mkfs: theirsRss },
       size: { ours: oursSize, mkfs: theirsSize, ratio: oursSize / theirsSize },
       readAll: { ours: oursRead, mkfs: theirsRead, ratio: oursRead / theirsRead },
     };
@@ -101,7 +129,7 @@ export async function benchCompress(ctx: RegistryBuildContext): Promise<void> {
       `${alg} -C${pcluster}: build ours/mkfs`,
       `${oursTime.toFixed(2)}/${theirsTime.toFixed(2)}`,
       '',
-      '',
+      `${oursRss.toFixed(0)}/${theirsRss.toFixed(0)}`,
       `build ${row.build.ratio.toFixed(2)}x, size ${mib(oursSize)}/${mib(theirsSize)} MiB = ${row.size.ratio.toFixed(3)}x, kernel read-all ${oursRead.toFixed(2)}/${theirsRead.toFixed(2)} s = ${row.readAll.ratio.toFixed(2)}x`,
     ]);
     rmSync(ours, { force: true });

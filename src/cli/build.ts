@@ -280,9 +280,8 @@ export function parseSpan(value: string): number {
 
 const LEVELS: Record<string, { alg: CompressionAlg; min: number; max: number; default?: number }> = {
   lz4: { alg: CompressionAlg.lz4, min: 0, max: 0 },
-  // lz4hc: the same LZ4 block format; our encoder has one (greedy) strategy, so the level is accepted
-  // for mkfs.erofs compatibility and the output is the lz4 one.
-  lz4hc: { alg: CompressionAlg.lz4, min: 0, max: 12 },
+  // lz4hc: the same LZ4 block format from the HC encoder (a level selects it; 0 is its default, 9).
+  lz4hc: { alg: CompressionAlg.lz4, min: 0, max: 12, default: 9 },
   deflate: { alg: CompressionAlg.deflate, min: 0, max: 9, default: 1 },
   zstd: { alg: CompressionAlg.zstd, min: -7, max: 22, default: 3 },
 };
@@ -319,6 +318,6 @@ export function parseCompress(
   return {
     alg: spec.alg,
     pclusterSize: size,
-    ...(level === undefined || spec.alg === CompressionAlg.lz4 ? {} : { level }),
+    ...(level === undefined ? {} : { level: name === 'lz4hc' && level === 0 ? 9 : level }),
   };
 }

@@ -8,10 +8,12 @@ import { constants, deflateRawSync, zstdCompressSync } from 'node:zlib';
 import { ErofsOciError } from '../errors.ts';
 import { CompressionAlg } from './format.ts';
 import { lz4CompressDestSize } from './lz4-encode.ts';
+import { lz4hcCompressDestSize } from './lz4hc-encode.ts';
 import type { PclusterExtent } from './zindex-writer.ts';
 
 export interface CompressOptions {
   alg: CompressionAlg;
+  /** The encoder's level; for lz4, a level selects the HC encoder (lz4hc-encode.ts). */
   level?: number;
   blockSize: number;
   /** Bytes per physical cluster: a multiple of the block size, at most 1 MiB. */
@@ -44,7 +46,11 @@ function compressPrefix(
   options: CompressOptions,
   ratio: number,
 ): { output: Uint8Array; consumed: number } {
-  if (options.alg === CompressionAlg.lz4) return lz4CompressDestSize(input, capacity);
+  if (options.alg === CompressionAlg.lz4) {
+    return options.level === undefined
+      ? lz4CompressDestSize(input, capacity)
+      : lz4hcCompressDestSize(input, capacity, options.level);
+  }
   const encode = (data: Uint8Array): Uint8Array => {
     if (options.alg === CompressionAlg.deflate) return deflateRawSync(data, { level: options.level ?? 1 });
     if (options.alg === CompressionAlg.zstd) {
@@ -103,15 +109,20 @@ export function compressFile(data: Uint8Array, options: CompressOptions): Compre
       clusterofs = (clusterofs + consumed) % bs;
       continue;
     }
-    // Raw: one block of input (shifted: the pcluster starts with the extent's first byte).
-    const length = Math.min(bs, rest.byteLength);
-    const pcluster = new Uint8Array(bs);
-    pcluster.set(rest.subarray(0, length));
-    extents.push({ length, raw: true, pblk, blocks: 1 });
-    pclusters.push(pcluster);
-    pblk += 1;
-    at += length;
-    clusterofs = (clusterofs + length) % bs;
+    // Raw: one block of input per pcluster (shifted: the pcluster starts with the extent's first byte),
+    // over the input the attempt covered but its last block, which the next attempt starts with (as
+    // mkfs.erofs: incompressible data is not compressed again block by block).
+    const rawBlocks = Math.max(1, Math.floor(consumed / bs) - 1);
+    for (let i = 0; i < rawBlocks && at < data.byteLength; i++) {
+      const length = Math.min(bs, data.byteLength - at);
+      const pcluster = new Uint8Array(bs);
+      pcluster.set(data.subarray(at, at + length));
+      extents.push({ length, raw: true, pblk, blocks: 1 });
+      pclusters.push(pcluster);
+      pblk += 1;
+      at += length;
+      clusterofs = (clusterofs + length) % bs;
+    }
   }
   return { extents, pclusters, blocks: pblk };
 }
