@@ -206,6 +206,7 @@ export class PushClient {
     if (started.status !== 202) throw await this.#statusError(started, action, signal);
     await started.body.discard();
     let location = this.#location(started, action);
+    onBytes?.(0);
     let offset = 0;
     let failures = 0;
     let lastFailure: unknown;

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { appendFile, type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { build } from '../builder/build.ts';
-import { ChunkedLayerEncoder, type ChunkedLayer } from '../chunk-index/index.ts';
+import { type ChunkedLayer, ChunkedLayerEncoder } from '../chunk-index/index.ts';
 import type { BlockSize } from '../erofs/writer.ts';
 import { throwIfAborted } from '../errors.ts';
 import { fileError } from '../io/files.ts';

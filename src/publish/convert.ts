@@ -11,9 +11,9 @@ import type { BlockSize } from '../erofs/writer.ts';
 import { ErofsOciError } from '../errors.ts';
 import { type Image, type ImageSource, readConfig } from '../oci/index.ts';
 import { type ConvertedLayer, convertLayer } from './convert-layer.ts';
-import { runPipeline } from './pipeline.ts';
 import { addErofsFeature, type Blob, layerMediaType, manifestBlob, rewriteConfig } from './documents.ts';
 import type { Transfer } from './layout-sink.ts';
+import { runPipeline } from './pipeline.ts';
 
 /** Where a converted image goes: a layout directory or a registry repository. */
 export interface ImageSink {
@@ -159,7 +159,8 @@ export async function convertManifest(
       async (i, result, signal) => {
         converted[i] = result;
         options.onLayerConverted?.(layerOffset + i, result.blobSize);
-        const onBytes = options.onLayerUpload && ((bytes: number) => options.onLayerUpload?.(layerOffset + i, bytes));
+        const onBytes =
+          options.onLayerUpload && ((bytes: number) => options.onLayerUpload?.(layerOffset + i, bytes));
         const transfer = await sink.putFile(result.blobDigest, result.blobSize, result.path, signal, onBytes);
         reports[i] = {
           sourceDigest: result.source.digest,
