@@ -51,7 +51,6 @@ export async function benchConvert(ctx: MountSuiteContext): Promise<void> {
   const small = Number(process.env.BENCH_CONVERT_SMALL_FILES ?? 5000);
   const largeMiB = Number(process.env.BENCH_CONVERT_LARGE_MIB ?? 40);
   await mkdir(ctx.benchDir, { recursive: true });
-  const cli = join(ctx.root, 'bin', 'erofs-oci.js');
   const gzips: Buffer[] = [];
   for (let i = 0; i < layerCount; i++) {
     const tar = join(ctx.benchDir, `convert-layer${i}-${small}-${largeMiB}.tar`);
@@ -121,9 +120,12 @@ export async function benchConvert(ctx: MountSuiteContext): Promise<void> {
       ['zstd', ['--compress', 'zstd']],
     ] as const) {
       const dest = `${registry.host}/bench/${name}-${Date.now()}:erofs`;
+      // `npx erofs-oci`, from the checkout, as the README runs it (the bin's shebang sets its V8 flags).
       const m = await measure(ctx.root, [
-        process.execPath,
-        cli,
+        'npx',
+        '--prefix',
+        ctx.root,
+        'erofs-oci',
         'convert',
         '--quiet',
         '--insecure',

@@ -69,14 +69,17 @@ export class ChunkedLayerEncoder {
     return this.#result;
   }
 
-  /** Yields the blob's bytes for `image`, the image data in order. */
+  /**
+   * Yields the blob's bytes for `image`, the image data in order. Raw layers yield the input chunks
+   * themselves: a source that reuses its buffers must have the output consumed before the next pull.
+   */
   async *encode(image: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
     const { chunkSize, zstdLevel, signal } = this.#options;
     const hashSize = this.#options.hashSize ?? 32;
     const algorithm = hashAlgorithm({ hashSize });
     const parallel = Math.max(1, this.#options.parallel ?? 2);
     const blobHash = createHash('sha256');
-    const imageHash = createHash('sha256');
+    let imageHash = createHash('sha256');
     const entries: ChunkEntry[] = [];
     let blobSize = 0;
     let imageSize = 0;
@@ -115,21 +118,45 @@ export class ChunkedLayerEncoder {
       entries.push({ blockOffset: blobSize, uncompressedOffset, checksum: checksum(bytes) });
       return emit(bytes);
     };
-    const closeChunk = (): Uint8Array | undefined => {
-      if (pendingSize === 0) return undefined;
+    const closeChunk = (): void => {
+      if (pendingSize === 0) return;
       const chunk = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingSize);
       const uncompressedOffset = imageSize - pendingSize;
       pending = [];
       pendingSize = 0;
-      if (zstdLevel === undefined) {
-        entries.push({ blockOffset: blobSize, uncompressedOffset, checksum: checksum(chunk) });
-        return emit(chunk);
-      }
       startChunk(chunk, uncompressedOffset);
-      return undefined;
     };
 
-    for await (let data of image) {
+    if (zstdLevel === undefined) {
+      // Raw: the image passes through as it comes (no copies); each chunk's checksum is taken as its bytes
+      // go by, and the image digest is the blob hash before the index (Hash.copy), not a third pass.
+      let chunkHash = algorithm === undefined ? undefined : createHash(algorithm);
+      let chunkFill = 0;
+      const closeRaw = () => {
+        entries.push({
+          blockOffset: imageSize - chunkFill,
+          uncompressedOffset: imageSize - chunkFill,
+          checksum: chunkHash ? new Uint8Array(chunkHash.digest()) : new Uint8Array(0),
+        });
+        chunkHash = algorithm === undefined ? undefined : createHash(algorithm);
+        chunkFill = 0;
+      };
+      for await (let data of image) {
+        throwIfAborted(signal);
+        yield emit(data);
+        while (data.byteLength > 0) {
+          const take = Math.min(chunkSize - chunkFill, data.byteLength);
+          chunkHash?.update(take === data.byteLength ? data : data.subarray(0, take));
+          chunkFill += take;
+          imageSize += take;
+          data = data.subarray(take);
+          if (chunkFill === chunkSize) closeRaw();
+        }
+      }
+      if (chunkFill > 0) closeRaw();
+      imageHash = blobHash.copy();
+    }
+    for await (let data of zstdLevel === undefined ? [] : image) {
       throwIfAborted(signal);
       imageHash.update(data);
       while (data.byteLength > 0) {
@@ -140,14 +167,12 @@ export class ChunkedLayerEncoder {
         imageSize += take;
         data = data.subarray(take);
         if (pendingSize === chunkSize) {
-          const raw = closeChunk();
-          if (raw) yield raw;
+          closeChunk();
           while (frames.length >= parallel) yield await takeFrame();
         }
       }
     }
-    const raw = closeChunk();
-    if (raw) yield raw;
+    closeChunk();
     while (frames.length > 0) yield await takeFrame(frames.length === 1);
 
     const index: ChunkIndex = {

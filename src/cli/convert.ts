@@ -5,14 +5,14 @@ import { ErofsOciError } from '../errors.ts';
 import { isRootReader, parseSourceReference } from '../oci/index.ts';
 import { PushClient } from '../oci/push.ts';
 import { ArchiveSink } from '../publish/archive-sink.ts';
-import type { ImageSink } from '../publish/convert.ts';
+import type { ImageSink, LayerReport } from '../publish/convert.ts';
 import { type ConvertSummary, convertImage, DEFAULT_CHUNK_SIZE } from '../publish/convert.ts';
 import { convertToIndex } from '../publish/convert-index.ts';
 import { LayoutSink } from '../publish/layout-sink.ts';
 import { RegistrySink } from '../publish/registry-sink.ts';
 import { parseBlockSize, parseTimestamp, parseUuid } from './build.ts';
+import { ConvertProgress } from './convert-progress.ts';
 import type { CommandIo } from './io.ts';
-import { Progress } from './progress.ts';
 import {
   openImageFromOptions,
   type RegistryValues,
@@ -134,9 +134,9 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
     const progress =
       values.quiet || !io.stderrIsTty || toIndex
         ? undefined
-        : new Progress(
+        : new ConvertProgress(
             io.stderr,
-            layers.map((l) => ({ name: l.digest.slice(0, 19), total: l.size })),
+            layers.map((l) => ({ name: l.digest.slice(0, 19), size: l.size })),
           );
     const options = {
       chunkSize,
@@ -147,13 +147,20 @@ export async function convertCommand(args: string[], io: CommandIo): Promise<num
       uuid: values.uuid === undefined ? undefined : parseUuid(values.uuid),
       concurrency,
       signal: io.signal,
-      onLayerProgress: progress ? (i: number, bytes: number) => progress.update(i, bytes) : undefined,
+      ...(progress
+        ? {
+            onLayerProgress: (i: number, bytes: number) => progress.converting(i, bytes),
+            onLayerConverted: (i: number, size: number) => progress.converted(i, size),
+            onLayerUpload: (i: number, bytes: number) => progress.uploading(i, bytes),
+            onLayerDone: (i: number, layer: LayerReport) => progress.done(i, layer),
+          }
+        : {}),
     };
     const summary =
       toIndex && isRootReader(image)
         ? await convertToIndex(image, sink, { ...options, allPlatforms, withSource })
         : await convertImage(image, sink, options);
-    progress?.done();
+    progress?.finish();
     report(summary, destArg, values, io);
   } finally {
     await image.close();

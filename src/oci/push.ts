@@ -176,7 +176,14 @@ export class PushClient {
   }
 
   /** Makes the blob present in the repository, the cheapest way available. */
-  async putBlob(digest: string, size: number, bytes: BlobBytes, signal?: AbortSignal): Promise<BlobTransfer> {
+  /** `onBytes`: the bytes of an upload the registry has acknowledged so far. */
+  async putBlob(
+    digest: string,
+    size: number,
+    bytes: BlobBytes,
+    signal?: AbortSignal,
+    onBytes?: (bytes: number) => void,
+  ): Promise<BlobTransfer> {
     if (await this.hasBlob(digest, size, signal)) return 'exists';
     const action = `Cannot upload blob ${digest} to ${this.#name}`;
     const query = this.#mountFrom
@@ -199,6 +206,7 @@ export class PushClient {
     if (started.status !== 202) throw await this.#statusError(started, action, signal);
     await started.body.discard();
     let location = this.#location(started, action);
+    onBytes?.(0);
     let offset = 0;
     let failures = 0;
     let lastFailure: unknown;
@@ -234,6 +242,7 @@ export class PushClient {
         location = this.#location(response, action);
         offset = rangeEnd(header(response, 'range')) ?? offset + length;
         failures = 0;
+        onBytes?.(offset);
         continue;
       }
       let retryAfter: number | undefined;

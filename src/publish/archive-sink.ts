@@ -41,8 +41,14 @@ export class ArchiveSink {
     return (await this.#open()).workDirectory();
   }
 
-  async putFile(digest: string, size: number, path: string): Promise<Transfer> {
-    return (await this.#open()).putFile(digest, size, path);
+  async putFile(
+    digest: string,
+    size: number,
+    path: string,
+    signal?: AbortSignal,
+    onBytes?: (bytes: number) => void,
+  ): Promise<Transfer> {
+    return (await this.#open()).putFile(digest, size, path, signal, onBytes);
   }
 
   async copyBlob(

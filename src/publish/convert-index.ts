@@ -17,8 +17,8 @@ import {
   isIndexMediaType,
   MediaType,
   parseManifest,
-  readConfig,
   type RootReader,
+  readConfig,
 } from '../oci/index.ts';
 import {
   type ConvertedImageReport,

@@ -5,12 +5,12 @@
  * source (the layer's digest), so the same source gives the same blob.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { appendFile, open, rename, rm } from 'node:fs/promises';
+import { appendFile, type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { build } from '../builder/build.ts';
-import { ChunkedLayerEncoder, type ChunkedLayer } from '../chunk-index/index.ts';
+import { type ChunkedLayer, ChunkedLayerEncoder } from '../chunk-index/index.ts';
 import type { BlockSize } from '../erofs/writer.ts';
+import { throwIfAborted } from '../errors.ts';
 import { fileError } from '../io/files.ts';
 import type { Image, LayerDescriptor } from '../oci/index.ts';
 
@@ -79,7 +79,7 @@ export async function convertLayer(
       zstdLevel: options.zstdLevel,
       signal: options.signal,
     });
-    const imageData = createReadStream(erofsPath, { highWaterMark: 1 << 20, signal: options.signal });
+    const imageData = readPooled(erofsPath, options.signal);
     if (options.zstdLevel === undefined) {
       // Raw: the blob is the image with the index after it; append the index to the image file instead of
       // copying the image (the encoder's last output is the index, the rest is the image passed through).
@@ -103,5 +103,31 @@ export async function convertLayer(
     throw error;
   } finally {
     await rm(erofsPath, { force: true });
+  }
+}
+
+/**
+ * The built image in 1 MiB reads through two rotating buffers: a fresh buffer per read is garbage for every
+ * MiB of every layer. The encoder copies what it keeps (zstd) or passes each chunk on before the next read
+ * (raw, whose bytes are already in the file and not kept).
+ */
+async function* readPooled(path: string, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, 'r');
+  } catch (error) {
+    throw fileError(`Cannot open ${path}`, error);
+  }
+  const pool = [Buffer.allocUnsafe(1 << 20), Buffer.allocUnsafe(1 << 20)];
+  try {
+    for (let i = 0; ; i++) {
+      throwIfAborted(signal);
+      const buffer = pool[i % pool.length] as Buffer;
+      const { bytesRead } = await handle.read(buffer, 0, buffer.byteLength, null);
+      if (bytesRead === 0) return;
+      yield buffer.subarray(0, bytesRead);
+    }
+  } finally {
+    await handle.close();
   }
 }

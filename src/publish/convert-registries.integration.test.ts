@@ -19,8 +19,8 @@ import {
   startRegistry,
 } from '../../test-support/registry.ts';
 import { startFaultProxy } from '../../test-support/registry-fault-proxy.ts';
-import { startTokenServer, type TokenServer } from '../../test-support/registry-token-server.ts';
 import { makeImage, writeLayout } from '../../test-support/registry-fixtures.ts';
+import { startTokenServer, type TokenServer } from '../../test-support/registry-token-server.ts';
 
 const USERS = { alice: 'wonderland' };
 

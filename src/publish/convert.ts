@@ -1,22 +1,30 @@
 /**
  * `convert`: an image with tar layers → the same image with EROFS-native layers (erofs-image-spec), written
  * to a destination. Layers are converted several at once (each a build plus a chunk-index pass, bounded by
- * the builder's own memory bound) and handed to the destination as they finish; the config and the manifest
+ * the builder's own memory bound) and handed to the destination as they finish, their uploads overlapping
+ * the next conversions (pipeline.ts); the config and the manifest
  * go last, so a failure never leaves the destination naming a blob it lacks.
  */
 import { rm } from 'node:fs/promises';
 import { MEDIA_TYPE_EROFS_LAYER_V1 } from '../chunk-index/index.ts';
 import type { BlockSize } from '../erofs/writer.ts';
 import { ErofsOciError } from '../errors.ts';
-import { type Image, type ImageSource, type LayerDescriptor, readConfig } from '../oci/index.ts';
+import { type Image, type ImageSource, readConfig } from '../oci/index.ts';
 import { type ConvertedLayer, convertLayer } from './convert-layer.ts';
 import { addErofsFeature, type Blob, layerMediaType, manifestBlob, rewriteConfig } from './documents.ts';
 import type { Transfer } from './layout-sink.ts';
+import { runPipeline } from './pipeline.ts';
 
 /** Where a converted image goes: a layout directory or a registry repository. */
 export interface ImageSink {
   workDirectory(): Promise<string>;
-  putFile(digest: string, size: number, path: string, signal?: AbortSignal): Promise<Transfer>;
+  putFile(
+    digest: string,
+    size: number,
+    path: string,
+    signal?: AbortSignal,
+    onBytes?: (bytes: number) => void,
+  ): Promise<Transfer>;
   putBlob(blob: Blob, signal?: AbortSignal): Promise<Transfer>;
   /** A blob of the source copied as it is (`open` verifies it): skipped when DEST has it. */
   copyBlob(
@@ -39,10 +47,15 @@ export interface ConvertOptions {
   /** Build time of every layer; default: the source config's `created`, else 0. */
   timestamp?: number | undefined;
   uuid?: Uint8Array | undefined;
-  /** Layers converted at once (default 2). */
+  /** Layers converted at once, and uploaded at once while the next ones convert (default 2). */
   concurrency?: number;
   signal?: AbortSignal;
+  /** Source bytes of layer `index` read so far (compressed). */
   onLayerProgress?: (index: number, sourceBytes: number) => void;
+  /** Layer `index` is converted: its blob (`size` bytes) waits for its upload. */
+  onLayerConverted?: (index: number, size: number) => void;
+  /** Bytes of layer `index`'s blob at DEST so far (registry: acknowledged by the registry). */
+  onLayerUpload?: (index: number, bytes: number) => void;
   onLayerDone?: (index: number, layer: LayerReport) => void;
 }
 
@@ -127,31 +140,40 @@ export async function convertManifest(
   try {
     const converted: ConvertedLayer[] = new Array(layers.length);
     const reports: LayerReport[] = new Array(layers.length);
-    const one = async (i: number, layer: LayerDescriptor) => {
-      const result = await convertLayer(image, layer, {
-        directory,
-        chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE,
-        zstdLevel: options.zstdLevel,
-        blockSize: options.blockSize,
-        timestamp,
-        uuid: options.uuid,
-        signal,
-        lowers: layers.slice(0, i),
-        onProgress: (bytes) => options.onLayerProgress?.(layerOffset + i, bytes),
-      });
-      converted[i] = result;
-      const transfer = await sink.putFile(result.blobDigest, result.blobSize, result.path, signal);
-      reports[i] = {
-        sourceDigest: layer.digest,
-        digest: result.blobDigest,
-        size: result.blobSize,
-        mediaType,
-        diffId: result.diffId,
-        transfer,
-      };
-      options.onLayerDone?.(layerOffset + i, reports[i]);
-    };
-    await pool(layers, Math.max(1, options.concurrency ?? 2), one, signal);
+    const concurrency = Math.max(1, options.concurrency ?? 2);
+    await runPipeline(
+      layers,
+      { convert: concurrency, upload: concurrency, backlog: concurrency + 2 },
+      (i, layer, signal) =>
+        convertLayer(image, layer, {
+          directory,
+          chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE,
+          zstdLevel: options.zstdLevel,
+          blockSize: options.blockSize,
+          timestamp,
+          uuid: options.uuid,
+          signal,
+          lowers: layers.slice(0, i),
+          onProgress: (bytes) => options.onLayerProgress?.(layerOffset + i, bytes),
+        }),
+      async (i, result, signal) => {
+        converted[i] = result;
+        options.onLayerConverted?.(layerOffset + i, result.blobSize);
+        const onBytes =
+          options.onLayerUpload && ((bytes: number) => options.onLayerUpload?.(layerOffset + i, bytes));
+        const transfer = await sink.putFile(result.blobDigest, result.blobSize, result.path, signal, onBytes);
+        reports[i] = {
+          sourceDigest: result.source.digest,
+          digest: result.blobDigest,
+          size: result.blobSize,
+          mediaType,
+          diffId: result.diffId,
+          transfer,
+        };
+        options.onLayerDone?.(layerOffset + i, reports[i]);
+      },
+      signal,
+    );
     const configBlob = rewriteConfig(config, converted);
     await sink.putBlob(configBlob, signal);
     return {
@@ -172,28 +194,4 @@ function platformOf(config: Record<string, unknown>): Record<string, unknown> | 
     ...(typeof config.variant === 'string' ? { variant: config.variant } : {}),
     'os.features': addErofsFeature(config['os.features']),
   };
-}
-
-/** Runs `work` over `items`, `limit` at once; the first failure aborts the rest and is thrown. */
-async function pool<T>(
-  items: readonly T[],
-  limit: number,
-  work: (index: number, item: T) => Promise<void>,
-  signal: AbortSignal | undefined,
-): Promise<void> {
-  let next = 0;
-  let failed: unknown;
-  const runner = async () => {
-    while (failed === undefined && next < items.length) {
-      const i = next++;
-      signal?.throwIfAborted();
-      try {
-        await work(i, items[i] as T);
-      } catch (error) {
-        failed ??= error;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, runner));
-  if (failed !== undefined) throw failed;
 }

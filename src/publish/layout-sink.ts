@@ -46,7 +46,13 @@ export class LayoutSink {
   }
 
   /** Moves a finished blob file into place. */
-  async putFile(digest: string, size: number, path: string): Promise<Transfer> {
+  async putFile(
+    digest: string,
+    size: number,
+    path: string,
+    _signal?: AbortSignal,
+    onBytes?: (bytes: number) => void,
+  ): Promise<Transfer> {
     if (await this.#has(digest, size)) {
       await rm(path, { force: true });
       return 'exists';
@@ -54,6 +60,7 @@ export class LayoutSink {
     await rename(path, this.#path(digest)).catch((error) => {
       throw fileError(`Cannot write blob ${digest} into ${this.directory}`, error);
     });
+    onBytes?.(size);
     return 'uploaded';
   }
 

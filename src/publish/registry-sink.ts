@@ -23,10 +23,16 @@ export class RegistrySink {
     return mkdtemp(join(tmpdir(), 'erofs-oci-convert-'));
   }
 
-  async putFile(digest: string, size: number, path: string, signal?: AbortSignal): Promise<Transfer> {
+  async putFile(
+    digest: string,
+    size: number,
+    path: string,
+    signal?: AbortSignal,
+    onBytes?: (bytes: number) => void,
+  ): Promise<Transfer> {
     const handle = await open(path, 'r');
     try {
-      return await this.#client.putBlob(digest, size, { kind: 'file', handle }, signal);
+      return await this.#client.putBlob(digest, size, { kind: 'file', handle }, signal, onBytes);
     } finally {
       await handle.close();
       await rm(path, { force: true });
