@@ -4,6 +4,7 @@
  * inflated on demand from the gzip blob through its zinfo.
  */
 import { readFile } from 'node:fs/promises';
+import { prefetchMetadataOverlay, prefetchMetadataThrough } from '../erofs/metadata-prefetch.ts';
 import { LAYOUT_HEAD_BYTES, layoutAnchors, openImage } from '../erofs/reader.ts';
 import { ErofsOciError } from '../errors.ts';
 import {
@@ -121,6 +122,8 @@ export async function openLayerDevice(
       options.log?.(
         `${name}: chunk index verified (${verified.index.entries.length} chunks, ${verified.index.compression}); every chunk is checked before it is served`,
       );
+      // The image's metadata read ahead of the kernel, chunk-verified like every other read.
+      const ahead = prefetchMetadataThrough(verified, { name, ...logOption(options) });
       return {
         source: verified,
         description: `chunk-verified ${layer.digest}`,
@@ -129,7 +132,10 @@ export async function openLayerDevice(
           const s = verified.stats;
           return `fetched ${s.fetchedBytes} bytes in ${s.requests} requests, ${s.verifiedChunks} chunks verified (${s.storeHits} from disk), ${s.failedChunks} checksum failures`;
         },
-        close: () => verified.close(),
+        close: async () => {
+          await ahead.close();
+          await verified.close();
+        },
       };
     }
     if (layer.format.compression === 'zstd') {
@@ -187,6 +193,25 @@ export async function openLayerDevice(
   });
   if (options.tarIndex === undefined) {
     if (options.zinfo !== undefined) throw new ErofsOciError('usage', '--zinfo goes with --tarindex');
+    if (head !== undefined || anchors.length > 0) {
+      // An EROFS layer: its metadata pieces fetched ahead of the kernel, in front of the block cache.
+      const ahead = prefetchMetadataOverlay(
+        blobCache,
+        (offset, length, signal) => reader.readRange(layer.digest, offset, length, { signal }),
+        { name: `blob ${layer.digest}`, ...logOption(options) },
+      );
+      return {
+        source: ahead.source,
+        description: `blob ${layer.digest}`,
+        blobCache,
+        verification: 'whole-blob',
+        summary: () => `${cacheSummary(blobCache)}; ${ahead.summary()}`,
+        close: async () => {
+          await ahead.close();
+          await blobCache.close();
+        },
+      };
+    }
     return {
       source: blobCache,
       description: `blob ${layer.digest}`,
@@ -271,6 +296,10 @@ export async function openLayerDevice(
     await blobCache.close();
     throw error;
   }
+}
+
+function logOption(options: DeviceOptions): { log?: (line: string) => void } {
+  return options.log === undefined ? {} : { log: options.log };
 }
 
 function cacheSummary(blobCache: BlockCache): string {

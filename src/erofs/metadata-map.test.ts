@@ -48,9 +48,15 @@ async function checkMap(bytes: Uint8Array, label: string, maxShare = 0.5): Promi
   assert.equal(map.complete, true, `${label}: ${map.stopped}`);
   assert.ok(map.inodes > 20, `${label}: ${map.inodes} inodes`);
   for (const r of await oracleReads(bytes)) {
-    assert.ok(covers(map.ranges, r.offset, r.length), `${label}: read [${r.offset}, +${r.length}) not in the map`);
+    assert.ok(
+      covers(map.ranges, r.offset, r.length),
+      `${label}: read [${r.offset}, +${r.length}) not in the map`,
+    );
   }
-  assert.ok(map.bytes < bytes.byteLength * maxShare, `${label}: map of ${map.bytes} bytes of ${bytes.byteLength}`);
+  assert.ok(
+    map.bytes < bytes.byteLength * maxShare,
+    `${label}: map of ${map.bytes} bytes of ${bytes.byteLength}`,
+  );
   for (let i = 1; i < map.ranges.length; i++) {
     const a = map.ranges[i - 1] as ByteRange;
     assert.ok(a.offset + a.length < (map.ranges[i] as ByteRange).offset, 'ranges sorted and apart');
@@ -59,18 +65,21 @@ async function checkMap(bytes: Uint8Array, label: string, maxShare = 0.5): Promi
 
 test('coalesce merges touching and overlapping ranges and covers finds them', () => {
   fc.assert(
-    fc.property(fc.array(fc.record({ offset: fc.nat(10_000), length: fc.nat(300) }), { maxLength: 40 }), (rs) => {
-      const merged = coalesce(rs);
-      for (const r of rs) if (r.length > 0) assert.ok(covers(merged, r.offset, r.length));
-      for (let i = 1; i < merged.length; i++) {
-        const a = merged[i - 1] as ByteRange;
-        assert.ok(a.offset + a.length < (merged[i] as ByteRange).offset);
-      }
-      const total = merged.reduce((s, r) => s + r.length, 0);
-      const bytes = new Set<number>();
-      for (const r of rs) for (let b = r.offset; b < r.offset + r.length; b++) bytes.add(b);
-      assert.equal(total, bytes.size);
-    }),
+    fc.property(
+      fc.array(fc.record({ offset: fc.nat(10_000), length: fc.nat(300) }), { maxLength: 40 }),
+      (rs) => {
+        const merged = coalesce(rs);
+        for (const r of rs) if (r.length > 0) assert.ok(covers(merged, r.offset, r.length));
+        for (let i = 1; i < merged.length; i++) {
+          const a = merged[i - 1] as ByteRange;
+          assert.ok(a.offset + a.length < (merged[i] as ByteRange).offset);
+        }
+        const total = merged.reduce((s, r) => s + r.length, 0);
+        const bytes = new Set<number>();
+        for (const r of rs) for (let b = r.offset; b < r.offset + r.length; b++) bytes.add(b);
+        assert.equal(total, bytes.size);
+      },
+    ),
   );
 });
 
@@ -113,18 +122,16 @@ for d in range(12):
   });
 
   const mkfs19 = mkfsErofs19();
-  test(
-    'covers every metadata read of a layer made by mkfs.erofs 1.9 --tar=f --aufs -Enoinline_data',
-    { skip: mkfs19 ? false : 'needs EROFS_UTILS_BIN with mkfs.erofs 1.9' },
-    async () => {
-      const image = join(work, 'tarf.erofs');
-      await exec(mkfs19 as string, ['--quiet', '--tar=f', '--aufs', '-Enoinline_data', image, tar]);
-      await checkMap(await readFile(image), 'mkfs.erofs --tar=f');
-      const lz4 = join(work, 'tarf-lz4.erofs');
-      await exec(mkfs19 as string, ['--quiet', '--tar=f', '-zlz4hc', lz4, tar]);
-      await checkMap(await readFile(lz4), 'mkfs.erofs --tar=f -zlz4hc');
-    },
-  );
+  test('covers every metadata read of a layer made by mkfs.erofs 1.9 --tar=f --aufs -Enoinline_data', {
+    skip: mkfs19 ? false : 'needs EROFS_UTILS_BIN with mkfs.erofs 1.9',
+  }, async () => {
+    const image = join(work, 'tarf.erofs');
+    await exec(mkfs19 as string, ['--quiet', '--tar=f', '--aufs', '-Enoinline_data', image, tar]);
+    await checkMap(await readFile(image), 'mkfs.erofs --tar=f');
+    const lz4 = join(work, 'tarf-lz4.erofs');
+    await exec(mkfs19 as string, ['--quiet', '--tar=f', '-zlz4hc', lz4, tar]);
+    await checkMap(await readFile(lz4), 'mkfs.erofs --tar=f -zlz4hc');
+  });
 
   test('announces each batch before reading it, and stops at its byte budget', async () => {
     const image = join(work, 'budget.erofs');
@@ -154,7 +161,10 @@ for d in range(12):
     const dirBlocks = good.ranges.filter((r) => r.offset >= 4096);
     for (const [i, r] of dirBlocks.slice(0, 6).entries()) {
       const damaged = Uint8Array.from(bytes);
-      for (let b = 0; b < 64; b++) damaged[r.offset + ((b * 131 + i * 17) % r.length)] ^= 0x5a;
+      for (let b = 0; b < 64; b++) {
+        const at = r.offset + ((b * 131 + i * 17) % r.length);
+        damaged[at] = (damaged[at] as number) ^ 0x5a;
+      }
       const map = await mapMetadata(recordingMemory(damaged), { maxMs: 30_000 });
       if (!map.complete) assert.ok(map.stopped && map.stopped.length > 0);
     }

@@ -91,7 +91,10 @@ export function covers(ranges: readonly ByteRange[], offset: number, length: num
 }
 
 /** Walks the image on `source` and returns its metadata map (see the module comment). */
-export async function mapMetadata(source: ByteSource, options: MetadataMapOptions = {}): Promise<MetadataMap> {
+export async function mapMetadata(
+  source: ByteSource,
+  options: MetadataMapOptions = {},
+): Promise<MetadataMap> {
   const maxBytes = options.maxBytes ?? 256 * 1024 * 1024;
   const maxMs = options.maxMs ?? 120_000;
   const concurrency = Math.max(1, options.concurrency ?? 64);
@@ -136,7 +139,8 @@ export async function mapMetadata(source: ByteSource, options: MetadataMapOption
     });
   };
   const overBudget = (): string | undefined => {
-    if (recordedBytes > maxBytes && result(false).bytes > maxBytes) return `byte budget of ${maxBytes} reached`;
+    if (recordedBytes > maxBytes && result(false).bytes > maxBytes)
+      return `byte budget of ${maxBytes} reached`;
     if (performance.now() - started > maxMs) return `time budget of ${maxMs} ms reached`;
     return undefined;
   };
@@ -206,7 +210,11 @@ async function dirRanges(ctx: ImageContext, dirs: Inode[], options: ReadOptions)
 }
 
 /** `fn` over `items`, at most `limit` at once, results in order; the first failure rejects. */
-async function inParallel<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+async function inParallel<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
   const out = new Array<R>(items.length);
   let nextIndex = 0;
   const worker = async () => {
