@@ -193,8 +193,10 @@ export async function openLayerDevice(
   });
   if (options.tarIndex === undefined) {
     if (options.zinfo !== undefined) throw new ErofsOciError('usage', '--zinfo goes with --tarindex');
-    if (head !== undefined || anchors.length > 0) {
+    if (head !== undefined) {
       // An EROFS layer: its metadata pieces fetched ahead of the kernel, in front of the block cache.
+      // Not when a disk cache answered the head (a reattach, perhaps with the registry down): what it
+      // holds must answer at once, not after prefetch requests time out.
       const ahead = prefetchMetadataOverlay(
         blobCache,
         (offset, length, signal) => reader.readRange(layer.digest, offset, length, { signal }),

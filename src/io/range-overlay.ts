@@ -32,6 +32,12 @@ export interface RangeOverlayOptions {
   memoryBytes?: number;
   /** Reads of at most this many bytes are fetched exactly while `direct` is on (default 4096). */
   directMax?: number;
+  /**
+   * Each filled range is widened to whole pages and this many bytes after it (default 16 KiB): the
+   * kernel reads the page cache of the file it mounts with readahead, and a read the overlay holds only
+   * in part goes to the source behind.
+   */
+  extendBytes?: number;
 }
 
 export interface OverlayStats {
@@ -74,6 +80,8 @@ export function createRangeOverlay(
   const parallel = Math.max(1, options.parallel ?? 3);
   const memoryBytes = options.memoryBytes ?? 64 * 1024 * 1024;
   const directMax = options.directMax ?? 4096;
+  const extendBytes = options.extendBytes ?? 16 * 1024;
+  const PAGE = 4096;
   const lifetime = new AbortController();
   /** Held pieces sorted by offset, not overlapping. */
   const pieces: Piece[] = [];
@@ -150,6 +158,11 @@ export function createRangeOverlay(
       // What is neither held nor on its way, merged across small gaps, cut to the request size.
       const wanted = ranges
         .filter((r) => r.length > 0 && r.offset + r.length <= behind.size)
+        .map((r) => {
+          const offset = Math.floor(r.offset / PAGE) * PAGE;
+          const end = Math.min(behind.size, Math.ceil((r.offset + r.length + extendBytes) / PAGE) * PAGE);
+          return { offset, length: end - offset };
+        })
         .filter((r) => !isHeld(r.offset, r.length) && pendingFor(r.offset, r.length) === undefined)
         .sort((a, b) => a.offset - b.offset);
       const runs: ByteRange[] = [];
