@@ -4,7 +4,11 @@
  * inflated on demand from the gzip blob through its zinfo.
  */
 import { readFile } from 'node:fs/promises';
-import { prefetchMetadataOverlay, prefetchMetadataThrough } from '../erofs/metadata-prefetch.ts';
+import {
+  loadMetadataOverlay,
+  prefetchMetadataOverlay,
+  prefetchMetadataThrough,
+} from '../erofs/metadata-prefetch.ts';
 import { LAYOUT_HEAD_BYTES, layoutAnchors, openImage } from '../erofs/reader.ts';
 import { ErofsOciError } from '../errors.ts';
 import {
@@ -17,6 +21,7 @@ import {
 import { type BlockCache, openBlockCache, type RangeFetch, readCachedHead } from '../io/block-cache.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { concatSources } from '../io/concat-source.ts';
+import { piecesPath } from '../io/range-overlay-store.ts';
 import { type FileSource, openFileSource } from '../io/file-source.ts';
 import type { ChunkIndexLayer } from '../mount/state.ts';
 import {
@@ -193,15 +198,25 @@ export async function openLayerDevice(
   });
   if (options.tarIndex === undefined) {
     if (options.zinfo !== undefined) throw new ErofsOciError('usage', '--zinfo goes with --tarindex');
-    if (head !== undefined) {
-      // An EROFS layer: its metadata pieces fetched ahead of the kernel, in front of the block cache.
-      // Not when a disk cache answered the head (a reattach, perhaps with the registry down): what it
-      // holds must answer at once, not after prefetch requests time out.
-      const ahead = prefetchMetadataOverlay(
-        blobCache,
-        (offset, length, signal) => reader.readRange(layer.digest, offset, length, { signal }),
-        { name: `blob ${layer.digest}`, ...logOption(options) },
-      );
+    // An EROFS layer: its metadata pieces fetched ahead of the kernel, in front of the block cache, and
+    // kept beside the disk cache. When the disk cache answered the head (a reattach, perhaps with the
+    // registry down), the pieces kept answer instead: nothing waits for requests that may time out.
+    const overlayFetch = (offset: number, length: number, signal: AbortSignal) =>
+      reader.readRange(layer.digest, offset, length, { signal });
+    const piecesFile =
+      options.cacheDir === undefined ? undefined : piecesPath(options.cacheDir, layer.digest);
+    const aheadOptions = {
+      name: `blob ${layer.digest}`,
+      ...logOption(options),
+      ...(piecesFile === undefined ? {} : { piecesFile }),
+    };
+    const ahead =
+      head !== undefined
+        ? prefetchMetadataOverlay(blobCache, overlayFetch, aheadOptions)
+        : anchors.length > 0 && piecesFile !== undefined
+          ? await loadMetadataOverlay(blobCache, overlayFetch, { ...aheadOptions, piecesFile })
+          : undefined;
+    if (ahead !== undefined) {
       return {
         source: ahead.source,
         description: `blob ${layer.digest}`,

@@ -13,6 +13,7 @@
  */
 import type { ByteSource, ReadOptions } from '../io/byte-source.ts';
 import { createRangeOverlay, type OverlayFetch, type RangeOverlay } from '../io/range-overlay.ts';
+import { loadPieces, savePieces } from '../io/range-overlay-store.ts';
 import { type ByteRange, type MetadataMap, mapMetadata } from './metadata-map.ts';
 
 export interface MetadataPrefetch {
@@ -29,6 +30,8 @@ export interface MetadataPrefetchOptions {
   log?: (line: string) => void;
   /** Held metadata at most (overlay only; default 64 MiB). */
   memoryBytes?: number;
+  /** Where the overlay's pieces are kept once the walk is complete (range-overlay-store.ts). */
+  piecesFile?: string;
 }
 
 /** An unverified blob: metadata pieces held in an overlay in front of `behind`, fetched by `fetch`. */
@@ -42,9 +45,17 @@ export function prefetchMetadataOverlay(
   });
   overlay.direct = true;
   const walk = new AbortController();
-  const done = run(overlay, (ranges, o) => overlay.fill(ranges, o), walk.signal, options).finally(() => {
-    overlay.direct = false;
-  });
+  const done = run(overlay, (ranges, o) => overlay.fill(ranges, o), walk.signal, options).then(
+    async (map) => {
+      overlay.direct = false;
+      if (map?.complete && options.piecesFile !== undefined && !walk.signal.aborted) {
+        await savePieces(options.piecesFile, overlay.pieces()).catch((error: Error) => {
+          options.log?.(`${options.name}: could not keep the metadata on disk: ${error.message}`);
+        });
+      }
+      return map;
+    },
+  );
   return {
     source: overlay,
     done,
@@ -55,6 +66,30 @@ export function prefetchMetadataOverlay(
       await overlay.close();
       await done;
     },
+  };
+}
+
+/**
+ * The pieces an earlier run kept (`piecesFile`) in an overlay in front of `behind`, without walking again;
+ * undefined when there are none. For a server restarted with its disk cache, perhaps without the origin.
+ */
+export async function loadMetadataOverlay(
+  behind: ByteSource,
+  fetch: OverlayFetch,
+  options: MetadataPrefetchOptions & { piecesFile: string },
+): Promise<MetadataPrefetch | undefined> {
+  const pieces = await loadPieces(options.piecesFile, behind.size);
+  if (pieces === undefined) return undefined;
+  const overlay = createRangeOverlay(behind, fetch, {
+    ...(options.memoryBytes === undefined ? {} : { memoryBytes: options.memoryBytes }),
+  });
+  overlay.hold(pieces);
+  options.log?.(`${options.name}: ${pieces.length} metadata pieces loaded from the disk cache`);
+  return {
+    source: overlay,
+    done: Promise.resolve(undefined),
+    summary: () => `metadata from the disk cache: ${overlay.stats.hits} reads answered`,
+    close: () => overlay.close(),
   };
 }
 

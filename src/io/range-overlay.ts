@@ -55,6 +55,10 @@ export interface RangeOverlay extends ByteSource, Lending {
   /** Whether lone small reads are fetched exactly (on while the metadata is still being found). */
   direct: boolean;
   readonly stats: OverlayStats;
+  /** The pieces held, in order (to keep them on disk: range-overlay-store.ts). */
+  pieces(): { offset: number; bytes: Uint8Array }[];
+  /** Holds pieces found elsewhere (loaded from disk). */
+  hold(pieces: readonly { offset: number; bytes: Uint8Array }[]): void;
   /** Stops fetching; held bytes stay readable. */
   close(): Promise<void>;
 }
@@ -189,6 +193,10 @@ export function createRangeOverlay(
         Promise.all(Array.from({ length: Math.min(parallel, runs.length) }, worker)),
         fillOptions.signal,
       );
+    },
+    pieces: () => pieces.map((p) => ({ offset: p.offset, bytes: p.bytes })),
+    hold(found) {
+      for (const p of found) if (p.offset + p.bytes.byteLength <= behind.size) keep(p.offset, p.bytes);
     },
     read: async (offset, length, readOptions) => (await overlay.lend(offset, length, readOptions)).bytes,
     async lend(offset: number, length: number, readOptions: ReadOptions = {}): Promise<Loan> {
