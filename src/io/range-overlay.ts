@@ -38,6 +38,8 @@ export interface RangeOverlayOptions {
    * in part goes to the source behind.
    */
   extendBytes?: number;
+  /** A read of at most this many bytes that the held pieces cover in part gets the rest fetched exactly (default 256 KiB). */
+  partialMax?: number;
 }
 
 export interface OverlayStats {
@@ -85,6 +87,7 @@ export function createRangeOverlay(
   const memoryBytes = options.memoryBytes ?? 64 * 1024 * 1024;
   const directMax = options.directMax ?? 4096;
   const extendBytes = options.extendBytes ?? 16 * 1024;
+  const partialMax = options.partialMax ?? 256 * 1024;
   const PAGE = 4096;
   const lifetime = new AbortController();
   /** Held pieces sorted by offset, not overlapping. */
@@ -125,6 +128,33 @@ export function createRangeOverlay(
     if (before && offset + bytes.byteLength <= before.offset + before.bytes.byteLength) return;
     pieces.splice(i + 1, 0, { offset, bytes });
     held += bytes.byteLength;
+  };
+  /** The held stretches within [offset, offset + length), as views, in order. */
+  const coveredIn = (offset: number, length: number): Piece[] => {
+    const end = offset + length;
+    const out: Piece[] = [];
+    let i = Math.max(0, pieceBefore(offset));
+    for (; i < pieces.length; i++) {
+      const p = pieces[i] as Piece;
+      if (p.offset >= end) break;
+      const from = Math.max(offset, p.offset);
+      const to = Math.min(end, p.offset + p.bytes.byteLength);
+      if (to > from) out.push({ offset: from, bytes: p.bytes.subarray(from - p.offset, to - p.offset) });
+    }
+    return out;
+  };
+  /** The stretches of [offset, offset + length) not held; undefined when none of it is held. */
+  const missingIn = (offset: number, length: number): ByteRange[] | undefined => {
+    const covered = coveredIn(offset, length);
+    if (covered.length === 0) return undefined;
+    const gaps: ByteRange[] = [];
+    let at = offset;
+    for (const p of covered) {
+      if (p.offset > at) gaps.push({ offset: at, length: p.offset - at });
+      at = Math.max(at, p.offset + p.bytes.byteLength);
+    }
+    if (at < offset + length) gaps.push({ offset: at, length: offset + length - at });
+    return gaps;
   };
   const pendingFor = (offset: number, length: number): Promise<Uint8Array> | undefined => {
     for (const p of pending) {
@@ -214,6 +244,32 @@ export function createRangeOverlay(
         } catch (error) {
           if (readOptions.signal?.aborted) throw error;
           // The prefetch failed: the source behind answers.
+        }
+      }
+      // A read that the held pieces cover in part (the kernel's readahead around metadata): only the
+      // missing stretches are fetched, exactly, instead of whole blocks behind of the same metadata.
+      if (length > 0 && length <= partialMax && !lifetime.signal.aborted) {
+        const gaps = missingIn(offset, length);
+        if (gaps !== undefined && gaps.length > 0) {
+          try {
+            const out = new Uint8Array(length);
+            await raceAbort(
+              Promise.all(
+                gaps.map(async (g) => {
+                  const bytes = (await pendingFor(g.offset, g.length)) ?? (await request(g.offset, g.length));
+                  out.set(bytes, g.offset - offset);
+                }),
+              ),
+              readOptions.signal,
+            );
+            for (const p of coveredIn(offset, length)) {
+              out.set(p.bytes, p.offset - offset);
+            }
+            stats.hits++;
+            return { bytes: out, release: () => {} };
+          } catch (error) {
+            if (readOptions.signal?.aborted) throw error;
+          }
         }
       }
       if (overlay.direct && length > 0 && length <= directMax && !lifetime.signal.aborted) {
