@@ -212,7 +212,7 @@ export async function openLayerDevice(
     };
     const ahead =
       head !== undefined
-        ? prefetchMetadataOverlay(blobCache, overlayFetch, aheadOptions)
+        ? prefetchMetadataOverlay(blobCache, overlayFetch, { ...aheadOptions, head })
         : anchors.length > 0 && piecesFile !== undefined
           ? await loadMetadataOverlay(blobCache, overlayFetch, { ...aheadOptions, piecesFile })
           : undefined;

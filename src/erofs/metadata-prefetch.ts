@@ -32,6 +32,8 @@ export interface MetadataPrefetchOptions {
   memoryBytes?: number;
   /** Where the overlay's pieces are kept once the walk is complete (range-overlay-store.ts). */
   piecesFile?: string;
+  /** Bytes from offset 0 fetched already (the head the mount read): held from the start, not fetched again. */
+  head?: Uint8Array;
 }
 
 /** An unverified blob: metadata pieces held in an overlay in front of `behind`, fetched by `fetch`. */
@@ -44,6 +46,7 @@ export function prefetchMetadataOverlay(
     ...(options.memoryBytes === undefined ? {} : { memoryBytes: options.memoryBytes }),
   });
   overlay.direct = true;
+  if (options.head !== undefined) overlay.hold([{ offset: 0, bytes: options.head }]);
   const walk = new AbortController();
   const done = run(overlay, (ranges, o) => overlay.fill(ranges, o), walk.signal, options).then(
     async (map) => {

@@ -118,7 +118,6 @@ export function createRangeOverlay(
     if (from + length > piece.bytes.byteLength) return undefined;
     return piece.bytes.subarray(from, from + length);
   };
-  const isHeld = (offset: number, length: number) => heldAt(offset, length) !== undefined;
   const keep = (offset: number, bytes: Uint8Array): void => {
     if (held + bytes.byteLength > memoryBytes) return;
     // Pieces may overlap what is held already (a direct read inside a range fetched meanwhile): keep
@@ -154,6 +153,26 @@ export function createRangeOverlay(
       at = Math.max(at, p.offset + p.bytes.byteLength);
     }
     if (at < offset + length) gaps.push({ offset: at, length: offset + length - at });
+    return gaps;
+  };
+  /** The stretches of [offset, offset + length) neither held nor being fetched. */
+  const uncovered = (offset: number, length: number): ByteRange[] => {
+    const end = offset + length;
+    const taken: [number, number][] = coveredIn(offset, length).map((p) => [
+      p.offset,
+      p.offset + p.bytes.byteLength,
+    ]);
+    for (const p of pending)
+      if (p.offset < end && p.offset + p.length > offset) taken.push([p.offset, p.offset + p.length]);
+    taken.sort((a, b) => a[0] - b[0]);
+    const gaps: ByteRange[] = [];
+    let at = offset;
+    for (const [from, to] of taken) {
+      if (from > at) gaps.push({ offset: at, length: Math.min(from, end) - at });
+      at = Math.max(at, to);
+      if (at >= end) break;
+    }
+    if (at < end) gaps.push({ offset: at, length: end - at });
     return gaps;
   };
   const pendingFor = (offset: number, length: number): Promise<Uint8Array> | undefined => {
@@ -197,7 +216,7 @@ export function createRangeOverlay(
           const end = Math.min(behind.size, Math.ceil((r.offset + r.length + extendBytes) / PAGE) * PAGE);
           return { offset, length: end - offset };
         })
-        .filter((r) => !isHeld(r.offset, r.length) && pendingFor(r.offset, r.length) === undefined)
+        .flatMap((r) => uncovered(r.offset, r.length))
         .sort((a, b) => a.offset - b.offset);
       const runs: ByteRange[] = [];
       for (const r of wanted) {
@@ -244,6 +263,16 @@ export function createRangeOverlay(
         } catch (error) {
           if (readOptions.signal?.aborted) throw error;
           // The prefetch failed: the source behind answers.
+        }
+      }
+      // Pieces on their way that this read overlaps: wait for them, then see what is held.
+      const overlapping = pending.filter((p) => p.offset < offset + length && p.offset + p.length > offset);
+      if (overlapping.length > 0) {
+        await raceAbort(Promise.allSettled(overlapping.map((p) => p.promise)), readOptions.signal);
+        const held = heldAt(offset, length);
+        if (held) {
+          stats.hits++;
+          return { bytes: held, release: () => {} };
         }
       }
       // A read that the held pieces cover in part (the kernel's readahead around metadata): only the
