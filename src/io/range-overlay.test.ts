@@ -80,6 +80,13 @@ test('a range overlay fetches filled ranges in few requests and answers them wit
   for (const p of pieces)
     assert.deepEqual(await overlay.read(p.offset, 4096), data.subarray(p.offset, p.offset + 4096));
   assert.equal(behind.reads, 0);
+  // A read across two held pieces is answered from them.
+  await overlay.fill([
+    { offset: 700_000, length: 4096 },
+    { offset: 704_096, length: 4096 },
+  ]);
+  assert.deepEqual(await overlay.read(701_000, 6000), data.subarray(701_000, 707_000));
+  assert.equal(behind.reads, 0);
   // Outside: the source behind answers (direct is off).
   assert.deepEqual(await overlay.read(10, 100), data.subarray(10, 110));
   assert.equal(behind.reads, 1);

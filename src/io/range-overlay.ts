@@ -30,7 +30,7 @@ export interface RangeOverlayOptions {
   parallel?: number;
   /** Held bytes at most (default 64 MiB); `fill` stops holding more beyond it. */
   memoryBytes?: number;
-  /** Reads of at most this many bytes are fetched exactly while `direct` is on (default 4096). */
+  /** Reads of at most this many bytes are fetched exactly while `direct` is on (default 256 KiB: while the walk runs, the kernel reads metadata with readahead around it). */
   directMax?: number;
   /**
    * Each filled range is widened to whole pages and this many bytes after it (default 16 KiB): the
@@ -85,7 +85,7 @@ export function createRangeOverlay(
   const maxRequest = options.maxRequestBytes ?? 4 * 1024 * 1024;
   const parallel = Math.max(1, options.parallel ?? 3);
   const memoryBytes = options.memoryBytes ?? 64 * 1024 * 1024;
-  const directMax = options.directMax ?? 4096;
+  const directMax = options.directMax ?? 256 * 1024;
   const extendBytes = options.extendBytes ?? 16 * 1024;
   const partialMax = options.partialMax ?? 256 * 1024;
   const PAGE = 4096;
@@ -275,11 +275,11 @@ export function createRangeOverlay(
           return { bytes: held, release: () => {} };
         }
       }
-      // A read that the held pieces cover in part (the kernel's readahead around metadata): only the
+      // A read that the held pieces cover in part or across pieces (the kernel's readahead around metadata): only the
       // missing stretches are fetched, exactly, instead of whole blocks behind of the same metadata.
       if (length > 0 && length <= partialMax && !lifetime.signal.aborted) {
         const gaps = missingIn(offset, length);
-        if (gaps !== undefined && gaps.length > 0) {
+        if (gaps !== undefined) {
           try {
             const out = new Uint8Array(length);
             await raceAbort(
