@@ -4,6 +4,11 @@
  * inflated on demand from the gzip blob through its zinfo.
  */
 import { readFile } from 'node:fs/promises';
+import {
+  loadMetadataOverlay,
+  prefetchMetadataOverlay,
+  prefetchMetadataThrough,
+} from '../erofs/metadata-prefetch.ts';
 import { LAYOUT_HEAD_BYTES, layoutAnchors, openImage } from '../erofs/reader.ts';
 import { ErofsOciError } from '../errors.ts';
 import {
@@ -16,6 +21,7 @@ import {
 import { type BlockCache, openBlockCache, type RangeFetch, readCachedHead } from '../io/block-cache.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { concatSources } from '../io/concat-source.ts';
+import { piecesPath } from '../io/range-overlay-store.ts';
 import { type FileSource, openFileSource } from '../io/file-source.ts';
 import type { ChunkIndexLayer } from '../mount/state.ts';
 import {
@@ -121,6 +127,8 @@ export async function openLayerDevice(
       options.log?.(
         `${name}: chunk index verified (${verified.index.entries.length} chunks, ${verified.index.compression}); every chunk is checked before it is served`,
       );
+      // The image's metadata read ahead of the kernel, chunk-verified like every other read.
+      const ahead = prefetchMetadataThrough(verified, { name, ...logOption(options) });
       return {
         source: verified,
         description: `chunk-verified ${layer.digest}`,
@@ -129,7 +137,10 @@ export async function openLayerDevice(
           const s = verified.stats;
           return `fetched ${s.fetchedBytes} bytes in ${s.requests} requests, ${s.verifiedChunks} chunks verified (${s.storeHits} from disk), ${s.failedChunks} checksum failures`;
         },
-        close: () => verified.close(),
+        close: async () => {
+          await ahead.close();
+          await verified.close();
+        },
       };
     }
     if (layer.format.compression === 'zstd') {
@@ -187,6 +198,37 @@ export async function openLayerDevice(
   });
   if (options.tarIndex === undefined) {
     if (options.zinfo !== undefined) throw new ErofsOciError('usage', '--zinfo goes with --tarindex');
+    // An EROFS layer: its metadata pieces fetched ahead of the kernel, in front of the block cache, and
+    // kept beside the disk cache. When the disk cache answered the head (a reattach, perhaps with the
+    // registry down), the pieces kept answer instead: nothing waits for requests that may time out.
+    const overlayFetch = (offset: number, length: number, signal: AbortSignal) =>
+      reader.readRange(layer.digest, offset, length, { signal });
+    const piecesFile =
+      options.cacheDir === undefined ? undefined : piecesPath(options.cacheDir, layer.digest);
+    const aheadOptions = {
+      name: `blob ${layer.digest}`,
+      ...logOption(options),
+      ...(piecesFile === undefined ? {} : { piecesFile }),
+    };
+    const ahead =
+      head !== undefined
+        ? prefetchMetadataOverlay(blobCache, overlayFetch, { ...aheadOptions, head })
+        : anchors.length > 0 && piecesFile !== undefined
+          ? await loadMetadataOverlay(blobCache, overlayFetch, { ...aheadOptions, piecesFile })
+          : undefined;
+    if (ahead !== undefined) {
+      return {
+        source: ahead.source,
+        description: `blob ${layer.digest}`,
+        blobCache,
+        verification: 'whole-blob',
+        summary: () => `${cacheSummary(blobCache)}; ${ahead.summary()}`,
+        close: async () => {
+          await ahead.close();
+          await blobCache.close();
+        },
+      };
+    }
     return {
       source: blobCache,
       description: `blob ${layer.digest}`,
@@ -271,6 +313,10 @@ export async function openLayerDevice(
     await blobCache.close();
     throw error;
   }
+}
+
+function logOption(options: DeviceOptions): { log?: (line: string) => void } {
+  return options.log === undefined ? {} : { log: options.log };
 }
 
 function cacheSummary(blobCache: BlockCache): string {

@@ -104,7 +104,8 @@ export async function readInode(ctx: ImageContext, nid: number, options: ReadOpt
   let startblkHi: number;
   let wideAddress: boolean;
   if (extended) {
-    const bytes = (await ctx.readMeta(position, inodeExtended.size, what, options)).slice();
+    // A copy, even of a Buffer (whose slice() is a view): it is patched below.
+    const bytes = Uint8Array.from(await ctx.readMeta(position, inodeExtended.size, what, options));
     // i_mtime is a signed 64-bit count of seconds; the struct codec only knows unsigned fields.
     const mtimeAt = inodeExtended.offsetOf('mtime');
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);

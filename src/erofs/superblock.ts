@@ -165,7 +165,8 @@ export async function readSuperblock(
         `Cannot verify EROFS superblock checksum: the image ends at ${source.size}, before the superblock block`,
       );
     }
-    const block = (await source.read(EROFS_SUPER_OFFSET, len, { signal: signal })).slice();
+    // A copy, even of a Buffer (whose slice() is a view): the source may hand out its cached bytes.
+    const block = Uint8Array.from(await source.read(EROFS_SUPER_OFFSET, len, { signal: signal }));
     const checksumAt = superBlock.offsetOf('checksum');
     block.fill(0, checksumAt, checksumAt + 4);
     const computed = crc32c(block);
