@@ -12,6 +12,7 @@ import { displayName, fromByteString } from '../fs-tree/tree.ts';
 import type { ByteSource } from '../io/byte-source.ts';
 import { openFileSource } from '../io/file-source.ts';
 import { lz4DecodeBlock } from './decompress.ts';
+import { lz4Available, lz4ToolBlock } from './lz4-testing.ts';
 import { DataLayout } from './format.ts';
 import {
   describeTree,
@@ -59,10 +60,6 @@ async function addCompressible(root: string): Promise<void> {
 
 const mkfsAvailable = await hasMkfsErofs();
 const mkfs19 = mkfsErofs19();
-const lz4Available = await run('lz4', ['--version']).then(
-  () => true,
-  () => false,
-);
 
 describe('reading compressed images made by mkfs.erofs', {
   skip: mkfsAvailable ? false : 'needs root and mkfs.erofs',
@@ -225,7 +222,7 @@ describe('lz4DecodeBlock', () => {
     skip: lz4Available ? false : 'needs the lz4 tool',
   }, async () => {
     const data = Buffer.concat([text(200_000, 3), pattern(5000, 4), text(70_000, 5)]);
-    const block = await lz4Block(data);
+    const block = await lz4ToolBlock(data);
     assert.ok(Buffer.from(lz4DecodeBlock(block, data.byteLength)).equals(data));
   });
 
@@ -241,28 +238,3 @@ describe('lz4DecodeBlock', () => {
     );
   });
 });
-
-/** One LZ4 block made by the lz4 tool: a frame without checksums holding a single compressed block. */
-async function lz4Block(data: Uint8Array): Promise<Uint8Array> {
-  const dir = await mkdtemp(join(tmpdir(), 'lz4-'));
-  try {
-    await writeFile(join(dir, 'in'), data);
-    await run('lz4', [
-      '-q',
-      '-f',
-      '-B7',
-      '-BD',
-      '--no-frame-crc',
-      '--content-size',
-      join(dir, 'in'),
-      join(dir, 'out'),
-    ]);
-    const frame = await readFile(join(dir, 'out'));
-    // Magic (4), FLG, BD, content size (8), HC (1): 15 bytes of header; then block size (4) and the block.
-    const size = frame.readUInt32LE(15);
-    assert.equal(size & 0x80000000, 0, 'the block is compressed');
-    return frame.subarray(19, 19 + size);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}

@@ -1,21 +1,11 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { lz4DecodeBlock } from './decompress.ts';
 import { lz4CompressDestSize } from './lz4-encode.ts';
 import { lz4hcAttempts, lz4hcCompressDestSize } from './lz4hc-encode.ts';
+import { lz4Available, lz4ToolDecode, lz4ToolSize } from './lz4-testing.ts';
 import { pattern } from './mkfs-fixtures.ts';
-
-const run = promisify(execFile);
-const lz4Available = await run('lz4', ['--version']).then(
-  () => true,
-  () => false,
-);
 
 /** Inputs with repeats at many distances and lengths, long runs, and incompressible stretches. */
 const inputArb = fc
@@ -80,31 +70,12 @@ describe('lz4hcCompressDestSize', () => {
   });
 
   test('the lz4 tool decodes our blocks', { skip: lz4Available ? false : 'needs the lz4 tool' }, async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'lz4hc-'));
-    try {
-      const input = Buffer.concat([words(40_000, 5), Buffer.alloc(100_000), pattern(20_000, 1)]);
-      const { output, consumed } = lz4hcCompressDestSize(input, 1 << 20, 9);
-      assert.equal(consumed, input.byteLength);
-      // An LZ4 frame (see lz4-encode.test.ts): magic, FLG, BD (4 MiB blocks), header checksum, one block,
-      // end mark.
-      const size = Buffer.alloc(4);
-      size.writeUInt32LE(output.byteLength);
-      const frame = Buffer.concat([
-        Buffer.from([0x04, 0x22, 0x4d, 0x18, 0x60, 0x70, 0x73]),
-        size,
-        output,
-        Buffer.alloc(4),
-      ]);
-      await writeFile(join(dir, 'f.lz4'), frame);
-      await run('lz4', ['-d', '-q', '-f', join(dir, 'f.lz4'), join(dir, 'out')]);
-      assert.ok((await readFile(join(dir, 'out'))).equals(input));
-      // Within a few percent of the lz4 tool's own HC level 9 on the same data.
-      await writeFile(join(dir, 'in'), input);
-      await run('lz4', ['-9', '-q', '-f', '-B4', '-BD', join(dir, 'in'), join(dir, 'ref.lz4')]);
-      const reference = (await readFile(join(dir, 'ref.lz4'))).byteLength;
-      assert.ok(output.byteLength < reference * 1.05, `${output.byteLength} vs lz4 -9 ${reference}`);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    const input = Buffer.concat([words(40_000, 5), Buffer.alloc(100_000), pattern(20_000, 1)]);
+    const { output, consumed } = lz4hcCompressDestSize(input, 1 << 20, 9);
+    assert.equal(consumed, input.byteLength);
+    assert.ok((await lz4ToolDecode(output)).equals(input));
+    // Within a few percent of the lz4 tool's own HC level 9 on the same data.
+    const reference = await lz4ToolSize(input, 9);
+    assert.ok(output.byteLength < reference * 1.05, `${output.byteLength} vs lz4 -9 ${reference}`);
   });
 });
