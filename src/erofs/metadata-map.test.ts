@@ -10,28 +10,18 @@ import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { buildReproducible, mkfsErofs19 } from '../../test-support/kernel.ts';
-import type { ByteSource } from '../io/byte-source.ts';
+import { memorySource, recordingSource } from '../io/memory-source.ts';
 import { type ByteRange, coalesce, covers, mapMetadata } from './metadata-map.ts';
-import { hasMkfsErofs, makeFixtureTree, mkfs } from './mkfs-fixtures.ts';
+import { addManySmallFiles, hasMkfsErofs, makeFixtureTree, mkfs } from './mkfs-fixtures.ts';
 import { openImage } from './reader.ts';
 
 const exec = promisify(execFile);
 
-export function recordingMemory(bytes: Uint8Array): ByteSource & { reads: ByteRange[] } {
-  const reads: ByteRange[] = [];
-  return {
-    size: bytes.byteLength,
-    reads,
-    async read(offset, length) {
-      reads.push({ offset, length });
-      return Uint8Array.prototype.slice.call(bytes, offset, offset + length);
-    },
-  };
-}
+const recordingMemory = (bytes: Uint8Array) => recordingSource(memorySource(bytes));
 
 /** What our reader reads to list every directory and stat every inode (a find + stat). */
 async function oracleReads(bytes: Uint8Array): Promise<ByteRange[]> {
@@ -92,16 +82,7 @@ describe('mapMetadata', { skip: (await hasMkfsErofs()) ? false : 'needs root and
     tree = join(work, 'tree');
     await makeFixtureTree(tree);
     // Many small files in several directories: the shape where metadata scatters.
-    await exec('python3', [
-      '-c',
-      `import os,sys
-r=sys.argv[1]
-for d in range(12):
-  p=os.path.join(r,'many','d%02d'%d); os.makedirs(p)
-  for f in range(60):
-    open(os.path.join(p,'f%03d'%f),'wb').write(os.urandom(100+f*97))`,
-      tree,
-    ]);
+    await addManySmallFiles(tree, 12, 60, 97);
     tar = join(work, 'tree.tar');
     await exec('tar', ['-C', tree, '--sort=name', '-cf', tar, '.']);
   });

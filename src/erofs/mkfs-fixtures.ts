@@ -160,6 +160,31 @@ export async function makeFixtureTree(root: string): Promise<void> {
   await touch(join(root, 'types', 'symlink'), 1_600_000_000, 42);
 }
 
+/**
+ * Adds `dirs` directories of `perDir` small files of random bytes (100 bytes, growing by `step` per file)
+ * under ROOT/many: the shape in which erofs-utils scatters inodes and directory blocks among the data.
+ */
+export async function addManySmallFiles(
+  root: string,
+  dirs: number,
+  perDir: number,
+  step: number,
+): Promise<void> {
+  await run('python3', [
+    '-c',
+    `import os,sys
+r,dirs,per,step=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]),int(sys.argv[4])
+for d in range(dirs):
+  p=os.path.join(r,'many','d%02d'%d); os.makedirs(p)
+  for f in range(per):
+    open(os.path.join(p,'f%03d'%f),'wb').write(os.urandom(100+f*step))`,
+    root,
+    String(dirs),
+    String(perDir),
+    String(step),
+  ]);
+}
+
 export interface MkfsImage {
   path: string;
   /** `--blobdev` file, if any. */

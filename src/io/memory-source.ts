@@ -23,8 +23,24 @@ export function memorySource(bytes: Uint8Array): ByteSource {
           `Cannot read ${length} bytes at offset ${offset} of a ${size}-byte memory source`,
         );
       }
-      // A copy, so that a caller that writes into the result cannot change the source.
-      return bytes.slice(offset, offset + length);
+      // A copy, so that a caller that writes into the result cannot change the source (through the
+      // Uint8Array method: a Buffer's own slice() is a view).
+      return Uint8Array.prototype.slice.call(bytes, offset, offset + length);
+    },
+  };
+}
+
+/** `source` with every read it answers recorded, in order: what a reader asked of it. */
+export function recordingSource(
+  source: ByteSource,
+): ByteSource & { reads: { offset: number; length: number }[] } {
+  const reads: { offset: number; length: number }[] = [];
+  return {
+    size: source.size,
+    reads,
+    read(offset: number, length: number, options?: ReadOptions): Promise<Uint8Array> {
+      reads.push({ offset, length });
+      return source.read(offset, length, options);
     },
   };
 }

@@ -16,25 +16,15 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { buildReproducible, mkfsErofs19, type TmpDir, tmpdir, withMount } from '../../test-support/kernel.ts';
 import { type ByteRange, covers, mapMetadata } from '../erofs/metadata-map.ts';
-import { makeFixtureTree, mkfs } from '../erofs/mkfs-fixtures.ts';
-import type { ByteSource } from '../io/byte-source.ts';
+import { addManySmallFiles, makeFixtureTree, mkfs } from '../erofs/mkfs-fixtures.ts';
+import { memorySource, recordingSource } from '../io/memory-source.ts';
 import { mountFuseFile } from './fuse-file.ts';
 import { dropCaches, erofsSkipReason, forceUnmount, fuseSkipReason } from './fuse-testing.ts';
 
 const exec = promisify(execFile);
 const skip = fuseSkipReason() || erofsSkipReason();
 
-function recording(bytes: Uint8Array): ByteSource & { reads: ByteRange[] } {
-  const reads: ByteRange[] = [];
-  return {
-    size: bytes.byteLength,
-    reads,
-    async read(offset, length) {
-      reads.push({ offset, length });
-      return Uint8Array.prototype.slice.call(bytes, offset, offset + length);
-    },
-  };
-}
+const recording = (bytes: Uint8Array) => recordingSource(memorySource(bytes));
 
 describe('metadata map against the kernel', { skip, timeout: 300_000 }, () => {
   let work: TmpDir;
@@ -44,16 +34,7 @@ describe('metadata map against the kernel', { skip, timeout: 300_000 }, () => {
     work = await tmpdir('erofs-oci-metamap-kernel-');
     tree = join(work.path, 'tree');
     await makeFixtureTree(tree);
-    await exec('python3', [
-      '-c',
-      `import os,sys
-r=sys.argv[1]
-for d in range(10):
-  p=os.path.join(r,'many','d%02d'%d); os.makedirs(p)
-  for f in range(80):
-    open(os.path.join(p,'f%03d'%f),'wb').write(os.urandom(100+f*131))`,
-      tree,
-    ]);
+    await addManySmallFiles(tree, 10, 80, 131);
     tar = join(work.path, 'tree.tar');
     await exec('tar', ['-C', tree, '--sort=name', '-cf', tar, '.']);
   });
@@ -85,7 +66,6 @@ for d in range(10):
     assert.equal(map.complete, true, map.stopped);
     const reads = await kernelReads(bytes, name);
     assert.ok(reads.length > 0, 'the kernel read the image');
-    if (process.env.DEBUG_READS) console.log(name, JSON.stringify(reads.map((r) => [r.offset, r.length])));
     // The kernel reads metadata through the page cache of the backing file, with readahead: a read that
     // continues an earlier one (starts where it ended) is the page cache reading ahead, and may hold file
     // data. Every other read is one the kernel needed: its first page must be metadata in the map.
