@@ -7,38 +7,17 @@
  * Environment: BENCH_CONVERT_LAYERS (4), BENCH_CONVERT_SMALL_FILES (5000 per layer),
  * BENCH_CONVERT_LARGE_MIB (40, one incompressible large file per layer), EROFS_UTILS_BIN.
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { mkfsErofs19 } from '../test-support/kernel.ts';
 import { startRegistry } from '../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
 import type { MountSuiteContext } from './mount.ts';
-
-const execFileAsync = promisify(execFile);
-
-async function sh(command: string, args: string[]): Promise<string> {
-  const { stdout } = await execFileAsync(command, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
-  return stdout;
-}
-
-interface Measurement {
-  seconds: number;
-  maxRssKiB: number;
-  status: number;
-}
-
-/** measure.py, run asynchronously so the registry's log pipe keeps draining. */
-async function measure(root: string, command: string[]): Promise<Measurement> {
-  const out = await sh('python3', [join(root, 'bench', 'measure.py'), ...command]);
-  const result = JSON.parse(out.trim().split('\n').pop() as string) as Measurement;
-  if (result.status !== 0) throw new Error(`${command.join(' ')} exited with ${result.status}`);
-  return result;
-}
+import { measure, sh } from './support.ts';
 
 export async function benchConvert(ctx: MountSuiteContext): Promise<void> {
   const mkfs = mkfsErofs19();

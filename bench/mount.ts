@@ -9,16 +9,16 @@
  * EROFS_UTILS_BIN (an erofs-utils 1.9 bin dir) the same layers are also built by `mkfs.erofs --tar=f --aufs
  * -Enoinline_data`, as containerd's EROFS differ builds them, and measured the same way in the same run.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { startRegistry } from '../test-support/registry.ts';
 import { type FaultProxy, startFaultProxy } from '../test-support/registry-fault-proxy.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
+import { dropCaches, sh, timed } from './support.ts';
 
 export interface MountSuiteContext {
   root: string;
@@ -29,32 +29,6 @@ export interface MountSuiteContext {
 }
 
 const TOOLS = ['docker-registry', 'skopeo', 'nbdkit', 'nbdfuse'];
-
-const execFileAsync = promisify(execFile);
-
-/**
- * Commands run asynchronously on purpose: the registry is a child of this process whose log pipe must keep
- * draining; a synchronous wait lets the pipe fill, and the registry stalls mid-benchmark.
- */
-async function sh(command: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
-  const { stdout } = await execFileAsync(command, args, {
-    encoding: 'utf8',
-    maxBuffer: 64 << 20,
-    env: env ?? process.env,
-  });
-  return stdout;
-}
-
-async function dropCaches(): Promise<void> {
-  await sh('sync', []);
-  await sh('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
-}
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const started = performance.now();
-  await fn();
-  return (performance.now() - started) / 1000;
-}
 
 /** `find` over the tree, and reading every regular file's bytes. */
 async function coldFind(mnt: string): Promise<number> {

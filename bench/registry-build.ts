@@ -9,15 +9,14 @@
  * small files and one BENCH_RB_LARGE_MIB (40) MiB file of incompressible data, so about 190 MB gzip and
  * 24k+ entries. Inputs are kept in BENCH_DIR between runs.
  */
-import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { mkfsErofs19 } from '../test-support/kernel.ts';
 import { startRegistry } from '../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
+import { type Measurement, measure, sh } from './support.ts';
 
 export interface RegistryBuildContext {
   root: string;
@@ -25,27 +24,6 @@ export interface RegistryBuildContext {
   /** One table row: what, seconds, MB/s, peak RSS MiB, notes. */
   addRow(row: string[]): void;
   setResults(value: unknown): void;
-}
-
-interface Measurement {
-  seconds: number;
-  maxRssKiB: number;
-  status: number;
-}
-
-const execFileAsync = promisify(execFile);
-
-/** Asynchronous on purpose: the registry is our child, its log pipe must keep draining. */
-async function sh(command: string, args: string[]): Promise<string> {
-  const { stdout } = await execFileAsync(command, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
-  return stdout;
-}
-
-async function measure(here: string, command: string[]): Promise<Measurement> {
-  const out = await sh('python3', [join(here, 'measure.py'), ...command]);
-  const result = JSON.parse(out.trim().split('\n').pop() as string) as Measurement;
-  if (result.status !== 0) throw new Error(`${command.join(' ')} exited with ${result.status}`);
-  return result;
 }
 
 export async function benchRegistryBuild(ctx: RegistryBuildContext): Promise<void> {
@@ -114,10 +92,10 @@ export async function benchRegistryBuild(ctx: RegistryBuildContext): Promise<voi
     let theirs: Measurement | undefined;
     const all: { ours: number[]; theirs: number[] } = { ours: [], theirs: [] };
     for (let r = 0; r < runs; r++) {
-      const t = await measure(here, [mkfs, '--quiet', '--oci=f,insecure', theirsOut, ref]);
+      const t = await measure(ctx.root, [mkfs, '--quiet', '--oci=f,insecure', theirsOut, ref]);
       await rm(theirsOut, { force: true });
       // `npx erofs-oci`, from the checkout, as the README runs it.
-      const o = await measure(here, [
+      const o = await measure(ctx.root, [
         'npx',
         '--prefix',
         ctx.root,

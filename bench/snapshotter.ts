@@ -20,14 +20,13 @@
  * registry sends to this rate, as a node's link to a registry elsewhere would; 0: loopback only),
  * BENCH_SNAPSHOTTER_LOG=1 (print the snapshotter's log of each run, with its timestamps).
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import {
   CTR,
@@ -43,6 +42,7 @@ import {
 } from '../test-support/containerd.ts';
 import { registryUnavailableReason, startRegistry } from '../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
+import { dropCaches, sh } from './support.ts';
 
 export interface SnapshotterSuiteContext {
   root: string;
@@ -52,25 +52,9 @@ export interface SnapshotterSuiteContext {
   setResults(value: unknown): void;
 }
 
-const execFileAsync = promisify(execFile);
 const ERofs_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.erofs';
 const GZIP_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip';
 const READY = 'ready\n';
-
-/** Asynchronous on purpose: the registry's log pipe (counted by registryTraffic) must keep draining. */
-async function sh(command: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
-  const { stdout } = await execFileAsync(command, args, {
-    encoding: 'utf8',
-    maxBuffer: 64 << 20,
-    env: env ?? process.env,
-  });
-  return stdout;
-}
-
-async function dropCaches(): Promise<void> {
-  await sh('sync', []);
-  await sh('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
-}
 
 interface Run {
   /** Seconds from the CRI PullImage call to its answer. */

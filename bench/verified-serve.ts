@@ -8,50 +8,20 @@
  * `erofs-oci serve --insecure --layer 0 REF --listen unix:SOCK` (cold caches) for each and times
  * `nbdcopy nbd+unix:///?socket=SOCK null:`; rounds interleave the two, best of BENCH_RUNS (3).
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { promisify } from 'node:util';
+import { startServe, stopProcess } from '../test-support/kernel.ts';
 import { startRegistry } from '../test-support/registry.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
 import type { MountSuiteContext } from './mount.ts';
-
-const execFileAsync = promisify(execFile);
-
-async function sh(command: string, args: string[]): Promise<string> {
-  const { stdout } = await execFileAsync(command, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
-  return stdout;
-}
+import { sh } from './support.ts';
 
 interface Manifest {
   layers: { mediaType: string; digest: string; size: number; annotations?: Record<string, string> }[];
-}
-
-/** Starts `erofs-oci serve` and resolves once its socket exists. */
-async function startServe(cli: string, args: string[], socket: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [cli, 'serve', ...args, '--listen', `unix:${socket}`], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let log = '';
-  child.stderr?.on('data', (chunk: Buffer) => {
-    log += chunk.toString();
-  });
-  for (let waited = 0; !existsSync(socket); waited += 20) {
-    if (child.exitCode !== null || waited > 20_000) throw new Error(`serve did not start: ${log}`);
-    await sleep(20);
-  }
-  return child;
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  await exited;
 }
 
 export async function benchVerifiedServe(ctx: MountSuiteContext): Promise<void> {
@@ -107,17 +77,17 @@ export async function benchVerifiedServe(ctx: MountSuiteContext): Promise<void> 
       for (const kind of Object.keys(kinds) as (keyof typeof kinds)[]) {
         process.stderr.write(`verified-serve: round ${round}/${runs}: ${kind}\n`);
         const socket = join(work, `${kind}-${round}.sock`);
-        const server = await startServe(
-          cli,
+        const { child: server } = await startServe(
           ['--insecure', '--layer', '0', `${registry.host}/${kinds[kind]}`],
           socket,
+          20_000,
         );
         try {
           const started = performance.now();
           await sh('nbdcopy', [`nbd+unix:///?socket=${socket}`, 'null:']);
           seconds[kind].push((performance.now() - started) / 1000);
         } finally {
-          await stop(server);
+          await stopProcess(server);
         }
       }
     }

@@ -9,39 +9,16 @@
  * Environment: BENCH_VERIFIED_SMALL_FILES (3000 per layer), BENCH_VERIFIED_LARGE_MIB (24, one large file
  * per layer), BENCH_VERIFIED_RUNS (2).
  */
-import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { startRegistry } from '../test-support/registry.ts';
 import { startFaultProxy } from '../test-support/registry-fault-proxy.ts';
 import { blobOf, imageOfBlobs, writeLayout } from '../test-support/registry-fixtures.ts';
 import type { MountSuiteContext } from './mount.ts';
-
-const execFileAsync = promisify(execFile);
-
-async function sh(command: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
-  const { stdout } = await execFileAsync(command, args, {
-    encoding: 'utf8',
-    maxBuffer: 64 << 20,
-    env: env ?? process.env,
-  });
-  return stdout;
-}
-
-async function dropCaches(): Promise<void> {
-  await sh('sync', []);
-  await sh('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
-}
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const started = performance.now();
-  await fn();
-  return (performance.now() - started) / 1000;
-}
+import { dropCaches, sh, timed } from './support.ts';
 
 const steps = {
   find: async (mnt: string) => {
