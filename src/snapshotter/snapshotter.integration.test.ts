@@ -353,6 +353,17 @@ describe('erofs-oci snapshotter with containerd', { skip, timeout: 900_000 }, ()
     snapshotter = await startSnapshotter(dir.path);
     const bytes = await reading;
     assert.equal(sha256(bytes), sha256(big));
+    // containerd's gRPC channel to the killed snapshotter reconnects with backoff and fails calls fast
+    // until it has (seen once under load in CI: "connection refused"); wait for it, as a user would retry.
+    for (let tries = 0; ; tries++) {
+      try {
+        await containerd.ctr(['snapshots', '--snapshotter', 'erofs-oci', 'ls']);
+        break;
+      } catch (error) {
+        if (tries >= 60 || !/connection refused|Unavailable|unavailable/.test(String(error))) throw error;
+        await sleep(500);
+      }
+    }
     const out = await containerd.ctr(
       [
         'run',
